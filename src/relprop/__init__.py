@@ -1,0 +1,36 @@
+"""relprop: Layer-wise Relevance Propagation for PyTorch, with one forward and one backward pass.
+
+Quick start::
+
+    import relprop
+    relevance = relprop.explain(model.eval(), images, target="predicted", composite="epsilon_plus_flat")
+"""
+
+from . import composites, rules
+from .composites import PRESETS, Composite
+from .errors import InputError, RelpropError, TargetError, TracingError, UnsupportedLayerError
+from .explain import Explainer, Explanation, explain
+from .graph import RelevanceGraph
+from .rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    Norm,
+    Pass,
+    Rule,
+    WSquare,
+    ZBox,
+    Zero,
+    ZPlus,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlphaBeta", "Composite", "Epsilon", "Explainer", "Explanation", "Flat", "Gamma", "Gradient",
+    "InputError", "Norm", "PRESETS", "Pass", "RelevanceGraph", "RelpropError", "Rule", "TargetError",
+    "TracingError", "UnsupportedLayerError", "WSquare", "ZBox", "ZPlus", "Zero", "composites", "explain",
+    "rules",
+]  # fmt: skip

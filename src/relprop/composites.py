@@ -1,0 +1,240 @@
+"""Composites: which rule each step of the relevance graph uses, and named presets.
+
+A :class:`Composite` picks a rule for a step by, in this order: its module path (``name_map``,
+glob patterns), the first weighted layer (``first``), the module type (``layer_map``), and then the
+defaults per step kind (``add``, ``pool``, ``activation``, ``batchnorm``).
+
+Presets (``relprop.composites.PRESETS``; pass the name as ``composite=`` or call the function for
+other parameters) match zennit's composites of the same names:
+
+=============================  =================  ==========  ===========  ==================
+preset                         first layer        Conv        Linear       add / avg-pool
+=============================  =================  ==========  ===========  ==================
+``epsilon_plus_flat``          Flat               z⁺          ε            Norm
+``epsilon_gamma_box``          z^B [low, high]    γ = 0.25    ε            Norm
+``epsilon_plus``               --                 z⁺          ε            Norm
+``epsilon_alpha2_beta1``       --                 α2β1        ε            Norm
+``epsilon_alpha2_beta1_flat``  Flat               α2β1        ε            Norm
+``epsilon``                    --                 ε           ε            Norm
+``zero``                       --                 LRP-0       LRP-0        LRP-0
+``gradient``                   plain gradient (seed 1 on the target logit)
+``gradient_x_input``           gradient times input
+=============================  =================  ==========  ===========  ==================
+
+A single :class:`~relprop.rules.Rule` can be given wherever a composite is expected: it is used for
+every Linear/Conv layer (Norm for additions and pooling, Pass for activations).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .errors import UnsupportedLayerError
+from .graph import BATCHNORM_MODULES, LINEAR_MODULES, Step
+from .rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    Norm,
+    Pass,
+    Rule,
+    ZBox,
+    Zero,
+    ZPlus,
+)
+
+CONV_TYPES: tuple[type[nn.Module], ...] = tuple(t for t in LINEAR_MODULES if t is not nn.Linear)
+DENSE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear,)
+WEIGHTED_TYPES: tuple[type[nn.Module], ...] = LINEAR_MODULES
+
+Matcher = type | tuple[type, ...] | Callable[[Step], bool]
+
+
+class Composite:
+    """Maps steps of the relevance graph to rules.
+
+    Args:
+        layer_map: ``(matcher, rule)`` pairs tried in order for Linear/Conv/BatchNorm steps; a matcher
+            is a module class, a tuple of classes, or a predicate on the :class:`~relprop.graph.Step`.
+        first: rule for the first weighted layer (in execution order) of a type in ``first_types``.
+        name_map: module path (glob patterns allowed, e.g. ``"features.*"``) to rule; wins over all.
+        add, pool, activation, batchnorm: rules for additions, average pooling, activations and
+            stand-alone (unfoldable) BatchNorm layers.
+        seed: ``"logit"`` starts from the explained logit's value (LRP: Σ relevance ≈ logit),
+            ``"unit"`` from 1 (gradients).
+        multiply_input: multiply the result by the input (Gradient × Input).
+        name: shown in reports.
+    """
+
+    def __init__(
+        self,
+        layer_map: Sequence[tuple[Matcher, Rule]] = (),
+        *,
+        first: Rule | None = None,
+        first_types: tuple[type, ...] = WEIGHTED_TYPES,
+        name_map: Mapping[str, Rule] | None = None,
+        add: Rule | None = None,
+        pool: Rule | None = None,
+        activation: Rule | None = None,
+        batchnorm: Rule | None = None,
+        seed: Literal["logit", "unit"] = "logit",
+        multiply_input: bool = False,
+        name: str = "custom",
+    ) -> None:
+        if seed not in ("logit", "unit"):
+            raise ValueError(f"Composite(seed={seed!r}): seed must be 'logit' or 'unit'")
+        self.layer_map = list(layer_map)
+        self.first = first
+        self.first_types = first_types
+        self.name_map = dict(name_map or {})
+        self.add = add if add is not None else Norm()
+        self.pool = pool if pool is not None else Norm()
+        self.activation = activation if activation is not None else Pass()
+        self.batchnorm = batchnorm if batchnorm is not None else Pass()
+        self.seed = seed
+        self.multiply_input = multiply_input
+        self.name = name
+
+    def rule_for(self, step: Step) -> Rule | None:
+        """The rule for ``step``; None for steps that need no rule (routing, constants)."""
+        for pattern, rule in self.name_map.items():
+            if fnmatch.fnmatchcase(step.name, pattern):
+                return rule
+        if step.kind == "add":
+            return self.add
+        if step.kind == "avgpool":
+            return self.pool
+        if step.kind == "activation":
+            return self.activation
+        if step.kind != "linear":
+            return None
+        module = step.module
+        if self.first is not None and step.first and isinstance(module, self.first_types):
+            return self.first
+        for matcher, rule in self.layer_map:
+            if isinstance(matcher, (type, tuple)):
+                if isinstance(module, matcher):
+                    return rule
+            elif matcher(step):
+                return rule
+        if isinstance(module, BATCHNORM_MODULES):
+            return self.batchnorm
+        raise UnsupportedLayerError(
+            f"composite '{self.name}' has no rule for module '{step.name}' ({type(module).__name__}); "
+            f"add `({type(module).__name__}, SomeRule())` to its layer_map or '{step.name}' to its name_map"
+        )
+
+    def __repr__(self) -> str:
+        return f"Composite({self.name!r})"
+
+
+def _layer_composite(conv: Rule, dense: Rule, first: Rule | None, name: str, **kw: object) -> Composite:
+    return Composite(
+        [(CONV_TYPES, conv), (DENSE_TYPES, dense)],
+        first=first,
+        first_types=kw.pop("first_types", WEIGHTED_TYPES),  # type: ignore[arg-type]
+        add=Norm(kw.pop("stabilizer", 1e-6)),  # type: ignore[arg-type]
+        pool=Norm(1e-6),
+        name=name,
+    )
+
+
+def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """Flat on the first layer, z⁺ on convolutions, ε on dense layers."""
+    return _layer_composite(ZPlus(stabilizer), Epsilon(epsilon), Flat(stabilizer), "epsilon_plus_flat")
+
+
+def epsilon_gamma_box(
+    low: float | Tensor = 0.0, high: float | Tensor = 1.0, epsilon: float = 1e-6, gamma: float = 0.25,
+    stabilizer: float = 1e-6,
+) -> Composite:  # fmt: skip
+    """z^B with input bounds [low, high] on the first convolution, γ on convolutions, ε on dense layers."""
+    return _layer_composite(
+        Gamma(gamma, stabilizer), Epsilon(epsilon), ZBox(low, high, stabilizer), "epsilon_gamma_box",
+        first_types=CONV_TYPES,
+    )  # fmt: skip
+
+
+def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """z⁺ on convolutions, ε on dense layers."""
+    return _layer_composite(ZPlus(stabilizer), Epsilon(epsilon), None, "epsilon_plus")
+
+
+def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """α=2, β=1 on convolutions, ε on dense layers."""
+    return _layer_composite(AlphaBeta(2, 1, stabilizer), Epsilon(epsilon), None, "epsilon_alpha2_beta1")
+
+
+def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """Flat on the first layer, α=2, β=1 on convolutions, ε on dense layers."""
+    return _layer_composite(
+        AlphaBeta(2, 1, stabilizer), Epsilon(epsilon), Flat(stabilizer), "epsilon_alpha2_beta1_flat"
+    )
+
+
+def epsilon(epsilon: float = 1e-6) -> Composite:
+    """ε on every weighted layer."""
+    return _layer_composite(Epsilon(epsilon), Epsilon(epsilon), None, "epsilon")
+
+
+def zero() -> Composite:
+    """LRP-0 everywhere (additions and pooling split proportionally without a stabiliser)."""
+    c = _layer_composite(Zero(), Zero(), None, "zero")
+    c.add = c.pool = Zero()
+    return c
+
+
+def gradient() -> Composite:
+    """The plain gradient of the target logit with respect to the input."""
+    g = Gradient()
+    return Composite(
+        [(WEIGHTED_TYPES + BATCHNORM_MODULES, g)], add=g, pool=g, activation=g, batchnorm=g, seed="unit",
+        name="gradient",
+    )  # fmt: skip
+
+
+def gradient_x_input() -> Composite:
+    """Gradient × Input."""
+    c = gradient()
+    c.multiply_input = True
+    c.name = "gradient_x_input"
+    return c
+
+
+PRESETS: dict[str, Callable[[], Composite]] = {
+    "epsilon_plus_flat": epsilon_plus_flat,
+    "epsilon_gamma_box": epsilon_gamma_box,
+    "epsilon_plus": epsilon_plus,
+    "epsilon_alpha2_beta1": epsilon_alpha2_beta1,
+    "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat,
+    "epsilon": epsilon,
+    "zero": zero,
+    "gradient": gradient,
+    "gradient_x_input": gradient_x_input,
+}
+
+
+def resolve(composite: str | Composite | Rule) -> Composite:
+    """A Composite from a preset name, a Composite, or a single Rule."""
+    if isinstance(composite, Composite):
+        return composite
+    if isinstance(composite, Rule):
+        return Composite([(WEIGHTED_TYPES, composite)], name=composite.name)
+    if isinstance(composite, str):
+        key = composite.strip().lower().replace("-", "_")
+        if key in PRESETS:
+            return PRESETS[key]()
+        raise ValueError(f"unknown composite {composite!r}; presets are: {', '.join(sorted(PRESETS))}")
+    raise TypeError(f"composite must be a preset name, a Composite or a Rule, not {type(composite).__name__}")
+
+
+__all__ = ["Composite", "PRESETS", "resolve", *PRESETS]
+_ = torch  # torch is imported for type checkers of Tensor-valued bounds

@@ -1,0 +1,355 @@
+"""The Explainer: one forward pass and one relevance backward pass over the relevance graph.
+
+Relevance is computed like a gradient: the forward pass keeps each step's output, then steps are
+visited in reverse and each one maps the relevance at its output to relevance at its inputs with its
+rule (see :mod:`relprop.rules`). The walk uses ordinary differentiable torch operations, so with
+``create_graph=True`` the relevance can be differentiated with respect to the model's parameters
+(double backpropagation, as ISNet training needs); without it everything runs under ``no_grad`` and
+costs about as much as a plain input gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .composites import Composite, resolve
+from .errors import InputError, RelpropError, TargetError
+from .graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
+from .rules import Rule
+
+Target = Union[int, str, Tensor, Callable[[Tensor], Tensor]]
+
+
+@dataclass
+class Explanation:
+    """Result of :meth:`Explainer.explain`.
+
+    Attributes:
+        relevance: relevance per input element, shaped like the input.
+        logits: the model's output (B, C) for this input.
+        targets: explained class per sample (None if the output relevance was given directly).
+        output_relevance: the relevance the backward pass started from, shape (B, C).
+    """
+
+    relevance: Tensor
+    logits: Tensor
+    targets: Tensor | None
+    output_relevance: Tensor
+
+    @property
+    def conservation_error(self) -> Tensor:
+        """Per sample |Σ R_input − Σ R_output| / |Σ R_output|."""
+        r_in = self.relevance.flatten(1).sum(1)
+        r_out = self.output_relevance.sum(1)
+        return (r_in - r_out).abs() / r_out.abs().clamp_min(torch.finfo(r_out.dtype).tiny)
+
+
+class Explainer:
+    """Explains one model with one composite; reuse it for repeated calls (the graph is traced once).
+
+    Args:
+        model: a PyTorch model mapping a tensor (B, ...) to logits (B, C). It is never modified: its
+            parameters, buffers, hooks and training flag are left as they were. Explanations use
+            the mode the model is in (call ``model.eval()`` first for the usual explanations).
+        composite: a preset name (see :mod:`relprop.composites`), a :class:`Composite`, or a single
+            :class:`~relprop.rules.Rule`.
+        leaf_modules: module classes to treat as one step instead of tracing into them, with the kind
+            of step: ``"pass"``, ``"route"`` or ``"activation"``.
+
+    Example::
+
+        explainer = relprop.Explainer(model.eval(), "epsilon_plus_flat")
+        relevance = explainer(images, target="predicted")
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        composite: str | Composite | Rule = "epsilon_plus_flat",
+        *,
+        leaf_modules: Mapping[type, str] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.model = model
+        self.graph = RelevanceGraph(model, leaf_modules)
+        self.composite = resolve(composite)
+        self.rules: dict[Step, Rule] = {}
+        for step in self.graph.steps:
+            rule = self.composite.rule_for(step)
+            if rule is not None:
+                self.rules[step] = rule
+
+    # -- public ----------------------------------------------------------------------------------
+    def __call__(self, x: Tensor, target: Target = "predicted", *, create_graph: bool = False) -> Tensor:
+        """Relevance of ``x`` for ``target``, shaped like ``x``."""
+        return self.explain(x, target, create_graph=create_graph).relevance
+
+    def explain(self, x: Tensor, target: Target = "predicted", *, create_graph: bool = False) -> Explanation:
+        """Explain ``x``.
+
+        Args:
+            x: input batch (B, ...), floating point, finite.
+            target: class index (int), indices per sample (int tensor of shape (B,)), ``"predicted"``
+                (the arg-max logit), a float tensor (B, C) used directly as output relevance, or a
+                callable on the logits returning either of the tensor forms.
+            create_graph: keep the computation graph so the relevance can be differentiated with
+                respect to the input and the model's parameters.
+        """
+        self._check_input(x)
+        grad = torch.enable_grad() if create_graph else torch.no_grad()
+        with grad:
+            env, logits = self._forward(x)
+            seed, targets = self._seed(logits, target)
+            relevance = self._backward(env, seed, x, create_graph)
+        if not create_graph:
+            logits = logits.detach()
+        return Explanation(relevance, logits, targets, seed)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise InputError(f"input must be a torch.Tensor, not {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputError(f"input has dtype {x.dtype}; relprop needs a floating-point input (e.g. x.float() / 255)")
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise InputError(
+                f"input contains {n_nan} NaN and {n_inf} Inf values (first at index {where}); "
+                "relevance of non-finite inputs is undefined"
+            )
+        first = next((s for s in self.graph.steps if s.kind == "linear"), None)
+        if first is None or first.inputs[:1] != [self.graph.input]:
+            return
+        module = first.module
+        if isinstance(module, nn.Linear) and x.shape[-1] != module.in_features:
+            raise InputError(
+                f"input has shape {tuple(x.shape)} but the first layer '{first.name}' (Linear) expects "
+                f"{module.in_features} features in the last dimension: shape (B, {module.in_features})"
+            )
+        if isinstance(module, LINEAR_MODULES) and not isinstance(module, nn.Linear):
+            nd = len(module.kernel_size)  # type: ignore[arg-type]
+            cin = module.in_channels  # type: ignore[union-attr]
+            spatial = ", ".join("HWD"[i] if nd > 1 else "L" for i in range(nd))
+            if x.dim() != nd + 2:
+                raise InputError(
+                    f"input has shape {tuple(x.shape)} but the first layer '{first.name}' "
+                    f"({type(module).__name__}) expects a batch of shape (B, {cin}, {spatial}); "
+                    f"add a batch dimension with x.unsqueeze(0) if this is one sample"
+                )
+            if x.shape[1] != cin:
+                raise InputError(
+                    f"input has {x.shape[1]} channels (shape {tuple(x.shape)}) but the first layer "
+                    f"'{first.name}' ({type(module).__name__}) expects {cin}: shape (B, {cin}, {spatial})"
+                )
+
+    def _forward(self, x: Tensor) -> tuple[dict[Any, Any], Tensor]:
+        env: dict[Any, Any] = {}
+        logits: Any = None
+        for step in self.graph.steps:
+            if step.kind == "input":
+                env[step.node] = x
+                continue
+            if step.kind == "output":
+                logits = env[step.node.args[0]] if not isinstance(step.node.args[0], tuple) else None
+                break
+            assert step.call is not None
+            try:
+                env[step.node] = step.call(env)
+            except RelpropError:
+                raise
+            except Exception as exc:
+                shapes = [tuple(env[i.node].shape) for i in step.inputs if isinstance(env.get(i.node), Tensor)]
+                mod = f" ({type(step.module).__name__})" if step.module is not None else ""
+                raise InputError(
+                    f"the forward pass failed at '{step.name}'{mod} with input shapes {shapes}: {exc}"
+                ) from exc
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            got = type(logits).__name__ if not isinstance(logits, Tensor) else f"shape {tuple(logits.shape)}"
+            raise RelpropError(
+                f"{type(self.model).__name__} returned {got}; relprop explains models that return logits "
+                "of shape (B, C). Wrap the model so that forward returns that tensor."
+            )
+        return env, logits
+
+    # -- output relevance --------------------------------------------------------------------------
+    def _seed(self, logits: Tensor, target: Target) -> tuple[Tensor, Tensor | None]:
+        b, c = logits.shape
+        if callable(target) and not isinstance(target, Tensor):
+            target = target(logits.detach())
+            if not isinstance(target, Tensor):
+                raise TargetError(f"the target callable returned {type(target).__name__}, expected a tensor")
+        if isinstance(target, str):
+            if target != "predicted":
+                raise TargetError(f"target={target!r}: the only string target is 'predicted'")
+            idx = logits.detach().argmax(1)
+        elif isinstance(target, bool):
+            raise TargetError("target must be a class index, not a bool")
+        elif isinstance(target, int):
+            idx = torch.full((b,), target, dtype=torch.long, device=logits.device)
+        elif isinstance(target, Tensor):
+            if target.is_floating_point():
+                if target.shape != logits.shape:
+                    raise TargetError(
+                        f"a float target is the output relevance and must have the logits' shape "
+                        f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+                    )
+                return target.to(logits), None
+            idx = target.to(device=logits.device, dtype=torch.long).reshape(-1)
+            if idx.numel() == 1:
+                idx = idx.expand(b)
+            if idx.numel() != b:
+                raise TargetError(f"target has {idx.numel()} indices but the batch has {b} samples")
+        else:
+            raise TargetError(f"unsupported target {target!r}: use an int, 'predicted', a tensor or a callable")
+        bad = (idx < 0) | (idx >= c)
+        if bool(bad.any()):
+            value = int(idx[bad][0])
+            raise TargetError(f"target class {value} is out of range: the model has {c} outputs (0..{c - 1})")
+        onehot = torch.nn.functional.one_hot(idx, c).to(logits.dtype)
+        seed = onehot * logits if self.composite.seed == "logit" else onehot
+        return seed, idx
+
+    # -- relevance backward ------------------------------------------------------------------------
+    def _backward(self, env: dict[Any, Any], seed: Tensor, x: Tensor, create_graph: bool) -> Tensor:
+        out_step = self.graph.output
+        relevance: dict[Step, Any] = {out_step.inputs[0]: seed}
+        by_node = self.graph.by_node
+        for step in reversed(self.graph.steps):
+            if step.kind == "output":
+                continue
+            r = relevance.pop(step, None)
+            if r is None:
+                continue
+            if step.kind == "input":
+                relevance[step] = r
+                break
+            for node, r_in in self._step_backward(step, env, r, create_graph):
+                src = by_node[node]
+                if src.kind in ("const", "meta"):
+                    continue
+                prev = relevance.get(src)
+                relevance[src] = r_in if prev is None else _accumulate(prev, r_in)
+            env.pop(step.node, None)
+        result = relevance.get(self.graph.input)
+        if result is None:
+            result = torch.zeros_like(x)
+        if self.composite.multiply_input:
+            result = result * x
+        return result
+
+    def _step_backward(self, step: Step, env: dict[Any, Any], r: Any, create_graph: bool) -> list[tuple[Any, Tensor]]:
+        kind = step.kind
+        rule = self.rules.get(step)
+        if kind in ("linear", "avgpool"):
+            assert rule is not None
+            in_node = step.inputs[0].node
+            a, z = env[in_node], env[step.node]
+            layer = LinearMap(step, a, z, env)
+            try:
+                r_in = rule.linear(layer, a, z, r)
+            except NotImplementedError as exc:
+                raise RelpropError(f"step '{step.name}': {exc}") from exc
+            return [(in_node, r_in)]
+        if kind == "add":
+            assert rule is not None
+            arg_nodes = [n for n in step.node.args[:2]]
+            parts = [sign * env[n] for sign, n in zip(step.signs, arg_nodes)]
+            outs = rule.add(parts, env[step.node], r)
+            return [(n, sign * o) for sign, n, o in zip(step.signs, arg_nodes, outs)]
+        if kind == "activation":
+            assert rule is not None
+            in_node = step.inputs[0].node
+            xin = env[in_node]
+
+            def fn(t: Tensor, _s: Step = step, _n: Any = in_node) -> Tensor:
+                return _s.call({**env, _n: t})  # type: ignore[misc]
+
+            return [(in_node, rule.activation(fn, xin, env[step.node], r))]
+        if kind == "pass":
+            in_node = step.inputs[0].node
+            if env[in_node].shape == r.shape:
+                return [(in_node, r)]
+        return self._route(step, env, r, create_graph)
+
+    def _route(self, step: Step, env: dict[Any, Any], r: Any, create_graph: bool) -> list[tuple[Any, Tensor]]:
+        """Relevance follows the gradient of a step that only moves values around."""
+        nodes = [i.node for i in step.inputs if isinstance(env.get(i.node), (Tensor, tuple, list))]
+        with torch.enable_grad():
+            local = dict(env)
+            leaves: list[Tensor] = []
+            owners: list[tuple[Any, int | None]] = []
+            for n in nodes:
+                v = env[n]
+                if isinstance(v, Tensor):
+                    t = v.detach().requires_grad_(v.is_floating_point())
+                    local[n] = t
+                    if t.requires_grad:
+                        leaves.append(t)
+                        owners.append((n, None))
+                else:
+                    items = []
+                    for k, item in enumerate(v):
+                        t = item.detach().requires_grad_(True)
+                        items.append(t)
+                        leaves.append(t)
+                        owners.append((n, k))
+                    local[n] = type(v)(items)
+            assert step.call is not None
+            out = step.call(local)
+            outs, grads = _pair_outputs(out, r)
+            if not outs:
+                return []
+            got = torch.autograd.grad(outs, leaves, grads, allow_unused=True, create_graph=create_graph)
+        result: list[tuple[Any, Tensor]] = []
+        tuples: dict[Any, list[Tensor | None]] = {}
+        for (n, k), g in zip(owners, got):
+            if k is None:
+                if g is not None:
+                    result.append((n, g if create_graph else g.detach()))
+            else:
+                tuples.setdefault(n, [None] * len(env[n]))[k] = g
+        for n, gs in tuples.items():
+            result.append((n, tuple(gs)))  # type: ignore[arg-type]
+        return result
+
+
+def _pair_outputs(out: Any, r: Any) -> tuple[list[Tensor], list[Tensor]]:
+    if isinstance(out, Tensor):
+        return [out], [r]
+    outs, grads = [], []
+    for o, g in zip(out, r):
+        if g is not None:
+            outs.append(o)
+            grads.append(g)
+    return outs, grads
+
+
+def _accumulate(prev: Any, new: Any) -> Any:
+    if isinstance(prev, Tensor):
+        return prev + new
+    return tuple(b if a is None else a if b is None else a + b for a, b in zip(prev, new))
+
+
+def explain(
+    model: nn.Module,
+    x: Tensor,
+    target: Target = "predicted",
+    composite: str | Composite | Rule = "epsilon_plus_flat",
+    *,
+    create_graph: bool = False,
+    leaf_modules: Mapping[type, str] | None = None,
+) -> Tensor:
+    """Relevance of input ``x`` for ``target`` under ``composite``, shaped like ``x``.
+
+    Traces the model on every call; use :class:`Explainer` for repeated calls.
+    """
+    return Explainer(model, composite, leaf_modules=leaf_modules)(x, target, create_graph=create_graph)
