@@ -191,9 +191,9 @@ def run_demo(out: Path, n: int) -> int:
     for name, r in relevance.items():
         written.append(save_png(montage([to_heatmap(ri) for ri in r], pad=4, scale=4), out / f"{name}.png"))
     elapsed = time.perf_counter() - start
-    print(f"explained {n} digits with {len(composites)} methods in {elapsed:.1f} s")
-    print(f"wrote {grid} (rows: digits, columns: input + methods)")
+    print(f"wrote {grid} (rows: {n} digits, columns: input + {', '.join(composites)})")
     print(f"wrote {len(written) - 1} more PNGs to {out}/: {', '.join(p.name for p in written[1:])}")
+    print(f"done in {elapsed:.1f} s (loading, accuracy, {len(composites)} methods × {n} digits, PNGs)")
     return 0
 
 
