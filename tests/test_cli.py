@@ -225,3 +225,14 @@ def test_demo_writes_grid_and_method_pngs(tmp_path, capsys) -> None:
     assert width == 6 * 160  # input + 5 methods, 1.6 inch cells at 100 dpi
     assert 3 * 160 < height < 4 * 160  # three digit rows plus the titles
     assert str(tmp_path / "demo" / "demo_grid.png") in out
+
+
+def test_architecture_without_weights_warns_about_random_weights(workspace, capsys) -> None:
+    pytest.importorskip("torchvision")
+    w = workspace
+    code, out, err = _run(
+        capsys, "explain", w["images"] / "a.png", "--model", "resnet18", "--size", SIZE, "--out", w["out"]
+    )
+    assert code == 0, err
+    assert "warning: resnet18 has random weights" in err
+    assert out.startswith("wrote 1 heatmap to ")

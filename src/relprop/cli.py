@@ -281,6 +281,12 @@ def run_explain(args: argparse.Namespace) -> int:
             raise CLIError(f"--target {args.target!r}: use 'predicted' or a class index") from None
 
     model = load_model(args.model, args.weights, args.num_classes)
+    if args.weights is None and not Path(args.model).is_file() and not isinstance(model, LeNet5):
+        print(
+            f"relprop: warning: {args.model} has random weights (no --weights file given; nothing is "
+            "downloaded), so its heatmaps show no learned evidence",
+            file=sys.stderr,
+        )
     channels = _input_channels(model) or 3
     if channels not in (1, 3):
         raise CLIError(f"the model's first convolution takes {channels} channels; images give 1 or 3")
