@@ -71,6 +71,10 @@ class Composite:
         seed: ``"logit"`` starts from the explained logit's value (LRP: Σ relevance ≈ logit),
             ``"unit"`` from 1 (gradients).
         multiply_input: multiply the result by the input (Gradient × Input).
+        exact_forward: run the model's own eval-mode BatchNorm layers in the forward pass. By default they
+            are folded into the preceding Linear/Conv for the forward pass too, so that each layer's output z
+            is exactly W a + b of the weights the relevance pass uses (logits then equal the model's up to
+            float rounding). The gradient composites set this, so that they equal autograd's gradient.
         name: shown in reports.
     """
 
@@ -87,6 +91,7 @@ class Composite:
         batchnorm: Rule | None = None,
         seed: Literal["logit", "unit"] = "logit",
         multiply_input: bool = False,
+        exact_forward: bool = False,
         name: str = "custom",
     ) -> None:
         if seed not in ("logit", "unit"):
@@ -101,6 +106,7 @@ class Composite:
         self.batchnorm = batchnorm if batchnorm is not None else Pass()
         self.seed = seed
         self.multiply_input = multiply_input
+        self.exact_forward = exact_forward
         self.name = name
 
     def rule_for(self, step: Step) -> Rule | None:
@@ -197,7 +203,7 @@ def gradient() -> Composite:
     g = Gradient()
     return Composite(
         [(WEIGHTED_TYPES + BATCHNORM_MODULES, g)], add=g, pool=g, activation=g, batchnorm=g, seed="unit",
-        name="gradient",
+        exact_forward=True, name="gradient",
     )  # fmt: skip
 
 

@@ -85,6 +85,8 @@ class Explainer:
             rule = self.composite.rule_for(step)
             if rule is not None:
                 self.rules[step] = rule
+        self._nonneg, self._neg_silent = _analyse(self.graph, self.rules)
+        self._fold_forward = not self.composite.exact_forward
 
     # -- public ----------------------------------------------------------------------------------
     def __call__(self, x: Tensor, target: Target = "predicted", *, create_graph: bool = False) -> Tensor:
@@ -163,10 +165,21 @@ class Explainer:
                 break
             assert step.call is not None
             try:
-                env[step.node] = step.call(env)
+                if step.kind == "maxpool":
+                    env[step.node], env[(step.node, "indices")] = step.call(env)
+                elif step.batchnorm is not None and self._fold_forward and not _batch_statistics(step.batchnorm):
+                    # eval-mode BatchNorm folded into the layer for the forward pass too, so that z is
+                    # exactly W a + b of the weights the relevance pass uses (logits equal the model's
+                    # up to float rounding)
+                    a = env[step.inputs[0].node]
+                    layer = LinearMap(step, a, a, env)
+                    env[step.node] = layer.forward(a, layer.weight, layer.bias)
+                    env[(step.node, "map")] = layer
+                else:
+                    env[step.node] = step.call(env)
             except RelpropError:
                 raise
-            except Exception as exc:
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 shapes = [tuple(env[i.node].shape) for i in step.inputs if isinstance(env.get(i.node), Tensor)]
                 mod = f" ({type(step.module).__name__})" if step.module is not None else ""
                 raise InputError(
@@ -253,7 +266,9 @@ class Explainer:
             assert rule is not None
             in_node = step.inputs[0].node
             a, z = env[in_node], env[step.node]
-            layer = LinearMap(step, a, z, env)
+            layer = env.pop((step.node, "map"), None) or LinearMap(step, a, z, env)
+            layer.input_nonneg = self._nonneg.get(step.inputs[0])
+            layer.negative_outputs_silent = self._neg_silent.get(step, False)
             try:
                 r_in = rule.linear(layer, a, z, r)
             except NotImplementedError as exc:
@@ -261,10 +276,10 @@ class Explainer:
             return [(in_node, r_in)]
         if kind == "add":
             assert rule is not None
-            arg_nodes = [n for n in step.node.args[:2]]
-            parts = [sign * env[n] for sign, n in zip(step.signs, arg_nodes)]
-            outs = rule.add(parts, env[step.node], r)
-            return [(n, sign * o) for sign, n, o in zip(step.signs, arg_nodes, outs)]
+            arg_nodes = list(step.node.args[:2])
+            parts = [env[n] if sign > 0 else -env[n] for sign, n in zip(step.signs, arg_nodes)]
+            outs = rule.add(parts, env[step.node], r, self._neg_silent.get(step, False))
+            return [(n, o if sign > 0 else -o) for sign, n, o in zip(step.signs, arg_nodes, outs)]
         if kind == "activation":
             assert rule is not None
             in_node = step.inputs[0].node
@@ -278,6 +293,12 @@ class Explainer:
             in_node = step.inputs[0].node
             if env[in_node].shape == r.shape:
                 return [(in_node, r)]
+        if kind == "maxpool":
+            in_node = step.inputs[0].node
+            x = env[in_node]
+            idx = env.pop((step.node, "indices"))
+            flat = torch.zeros(x.shape[:2] + (x[0, 0].numel(),), dtype=r.dtype, device=r.device)
+            return [(in_node, flat.scatter_add(2, idx.flatten(2), r.flatten(2)).view_as(x))]
         return self._route(step, env, r, create_graph)
 
     def _route(self, step: Step, env: dict[Any, Any], r: Any, create_graph: bool) -> list[tuple[Any, Tensor]]:
@@ -320,6 +341,102 @@ class Explainer:
         for n, gs in tuples.items():
             result.append((n, tuple(gs)))  # type: ignore[arg-type]
         return result
+
+
+def _batch_statistics(bn: nn.Module) -> bool:
+    return bool(bn.training) or getattr(bn, "running_mean", None) is None
+
+
+_RELU_LIKE = {"relu", "relu_", "relu6"}
+_ZERO_AT_ZERO = _RELU_LIKE | {
+    "leakyrelu", "leaky_relu", "elu", "celu", "selu", "gelu", "silu", "mish", "tanh", "tanh_", "hardtanh",
+    "hardswish", "prelu",
+}  # fmt: skip
+_NONNEG_ACTIVATIONS = _RELU_LIKE | {"sigmoid", "sigmoid_", "softplus", "hardsigmoid"}
+_SAME_SIGN_CALLS = {"clone", "float", "double", "half", "bfloat16", "to", "type_as", "dropout", "dropout1d",
+                    "dropout2d", "dropout3d", "mul", "truediv", "div", "add", "sub"}  # fmt: skip
+
+
+def _sign_preserving(step: Step) -> bool:
+    """A ``pass`` step that keeps non-negative values non-negative (dropout, copies, positive scaling)."""
+    if step.module is not None:
+        return True  # Dropout, Identity
+    if step.name not in _SAME_SIGN_CALLS:
+        return False
+    consts = [a for a in step.node.args if not hasattr(a, "op")]
+    if step.name in ("mul", "truediv", "div"):
+        return all(isinstance(c, (int, float)) and c > 0 for c in consts)
+    if step.name in ("add", "sub"):
+        return False
+    return True
+
+
+def _activation_name(step: Step) -> str:
+    if step.module is not None:
+        return type(step.module).__name__.lower()
+    return step.name.lower()
+
+
+def _analyse(graph: RelevanceGraph, rules: Mapping[Step, Rule]) -> tuple[dict[Step, bool], dict[Step, bool]]:
+    """Static facts that let rules skip work that is provably zero.
+
+    ``nonneg[s]``: the output of ``s`` is never negative (ReLU outputs, and pooling, reshaping, concatenation
+    and sums of such values). ``neg_silent[s]``: no relevance can arrive at negative outputs of linear step
+    ``s``, because every user is a ReLU whose own output relevance vanishes where the output is zero
+    (all rules downstream multiply by their input). The input is not known statically (None).
+    """
+    from .rules import AlphaBeta, Epsilon, Gamma, Pass, ZPlus
+
+    proportional_rules = (Epsilon, ZPlus, AlphaBeta, Gamma)
+    users: dict[Step, list[Step]] = {s: [] for s in graph.steps}
+    for s in graph.steps:
+        for i in s.inputs:
+            users[i].append(s)
+    nonneg: dict[Step, bool] = {}
+    for s in graph.steps:
+        ins = [nonneg.get(i) is True for i in s.inputs]
+        if s.kind == "activation":
+            nonneg[s] = _activation_name(s) in _NONNEG_ACTIVATIONS
+        elif s.kind in ("route", "maxpool", "avgpool"):
+            nonneg[s] = bool(ins) and all(ins)
+        elif s.kind == "pass":
+            nonneg[s] = bool(ins) and all(ins) and _sign_preserving(s)
+        elif s.kind == "add":
+            nonneg[s] = all(ins) and all(sign > 0 for sign in s.signs)
+        elif s.kind != "input":
+            nonneg[s] = False
+    proportional: dict[Step, bool] = {}
+
+    def consumes_proportionally(u: Step) -> bool:
+        if u.kind in ("linear", "avgpool"):
+            return isinstance(rules.get(u), proportional_rules)
+        if u.kind == "add":
+            return isinstance(rules.get(u), Epsilon)
+        if u.kind == "activation":
+            return (
+                isinstance(rules.get(u), Pass) and _activation_name(u) in _ZERO_AT_ZERO and proportional.get(u, False)
+            )
+        if u.kind in ("route", "maxpool"):
+            return proportional.get(u, False)
+        if u.kind == "pass":
+            return proportional.get(u, False)
+        return u.kind in ("meta", "const")
+
+    for s in reversed(graph.steps):
+        proportional[s] = all(consumes_proportionally(u) for u in users[s])
+    neg_silent = {
+        s: bool(users[s])
+        and all(
+            u.kind == "activation"
+            and _activation_name(u) in _RELU_LIKE
+            and isinstance(rules.get(u), Pass)
+            and proportional[u]
+            for u in users[s]
+        )
+        for s in graph.steps
+        if s.kind in ("linear", "add")
+    }
+    return nonneg, neg_silent
 
 
 def _pair_outputs(out: Any, r: Any) -> tuple[list[Tensor], list[Tensor]]:

@@ -16,8 +16,10 @@ that says how relevance crosses it:
     Elementwise non-linearities (ReLU, LeakyReLU, ELU, GELU, SiLU, Sigmoid, Tanh, ...).
 ``pass``
     Elementwise maps that relevance crosses unchanged: dropout, identity, scaling by a constant.
+``maxpool``
+    Max pooling: relevance goes to the winner of each window (indices kept from the forward pass).
 ``route``
-    Maps that move values around without mixing them: max pooling, flatten, view, reshape, permute,
+    Maps that move values around without mixing them: adaptive max pooling, flatten, view, reshape, permute,
     concatenation, indexing. Relevance follows the gradient of the map, which routes it to where the
     value came from (max pooling: to the winner; concatenation: split by slices).
 
@@ -113,6 +115,7 @@ ROUTE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
     "chunk", "split", "view_as", "reshape_as", "expand", "expand_as", "movedim", "t",
 }  # fmt: skip
+MAXPOOL_FUNCTIONS: set[Any] = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
 AVGPOOL_FUNCTIONS: set[Any] = {
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
     F.adaptive_avg_pool3d, torch.mean,
@@ -144,7 +147,7 @@ class Step:
 
     Attributes:
         node: the fx node whose value is this step's output.
-        kind: ``input``, ``linear``, ``avgpool``, ``add``, ``activation``, ``pass``, ``route``,
+        kind: ``input``, ``linear``, ``avgpool``, ``add``, ``activation``, ``pass``, ``maxpool``, ``route``,
             ``meta`` (non-tensor values such as sizes), ``const`` or ``output``.
         name: module path (``layer1.0.conv1``) or the function's name for functional calls.
         module: the user's module for module calls (the Linear/Conv for folded BatchNorm).
@@ -340,6 +343,8 @@ class RelevanceGraph:
             return Step(node, "linear", name, module, call=_module_call(node, module))
         if isinstance(module, AVGPOOL_MODULES):
             return Step(node, "avgpool", name, module, call=_module_call(node, module))
+        if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) and not module.return_indices:
+            return Step(node, "maxpool", name, module, call=_maxpool_module_call(node, module))
         if isinstance(module, ROUTE_MODULES):
             return Step(node, "route", name, module, call=_module_call(node, module))
         if isinstance(module, PASS_MODULES):
@@ -407,6 +412,10 @@ class RelevanceGraph:
         else:
             if target in ACTIVATION_FUNCTIONS:
                 return Step(node, "activation", name, call=call)
+            if target in MAXPOOL_FUNCTIONS and not node.kwargs.get("return_indices") and len(node.args) < 7:
+                return Step(
+                    node, "maxpool", name, call=_function_call(node, target, False, {**kwargs, "return_indices": True})
+                )
             if target in ROUTE_FUNCTIONS:
                 return Step(node, "route", name, call=call)
             if target in AVGPOOL_FUNCTIONS:
@@ -478,6 +487,17 @@ def _module_call(node: fx.Node, module: nn.Module) -> Callable[[dict[fx.Node, An
     return call
 
 
+def _maxpool_module_call(node: fx.Node, m: nn.Module) -> Callable[[dict[fx.Node, Any]], Any]:
+    """Max pooling that also returns the winners' indices (kept for the relevance pass)."""
+    fn = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}[type(m)]
+    arg = node.args[0]
+
+    def call(env: dict[fx.Node, Any]) -> Any:
+        return fn(env[arg], m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+
+    return call
+
+
 def _function_call(
     node: fx.Node, target: Any, is_method: bool, kwargs: dict[str, Any]
 ) -> Callable[[dict[fx.Node, Any]], Any]:
@@ -512,6 +532,10 @@ class LinearMap:
         self._pool_call = None
         self.weight: Tensor | None = None
         self.bias: Tensor | None = None
+        #: the input is known to be non-negative (True), known not to be (False), or unknown (None)
+        self.input_nonneg: bool | None = None
+        #: no relevance can arrive at negative outputs (the step feeds only ReLUs)
+        self.negative_outputs_silent = False
         if step.kind == "avgpool":
             self._pool_call = step.call
             self._env = env
@@ -527,7 +551,7 @@ class LinearMap:
             self.weight, self.bias = self.modified("affine", lambda: _bn_affine(module, a))
         elif step.batchnorm is not None:
             bn_mod = step.batchnorm
-            pre = env[step.pre] if step.pre is not None else None
+            pre = env.get(step.pre) if step.pre is not None else None
             w0, b0 = module.weight, module.bias
 
             def fold() -> tuple[Tensor, Tensor]:

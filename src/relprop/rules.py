@@ -23,13 +23,33 @@ from .graph import LinearMap
 
 def stabilize(x: Tensor, epsilon: float) -> Tensor:
     """x + ε·sign(x), with sign(0) = +1."""
-    return x + torch.where(x >= 0, epsilon, -epsilon).to(x.dtype)
+    e = x.new_full((), epsilon)
+    return x + torch.where(x >= 0, e, -e)
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """num / den, with 0 where den == 0 (differentiable: no NaN in either branch)."""
     zero = den == 0
     return num / torch.where(zero, torch.ones_like(den), den) * (~zero).to(num.dtype)
+
+
+def divide_stabilized(R: Tensor, den: Tensor, epsilon: float, negatives_silent: bool = False) -> Tensor:
+    """R / stab(den). With ``negatives_silent`` (R is zero wherever den < 0) the sign test is skipped:
+    R / (max(den, 0) + ε) is then equal and cheaper. Works in place when no graph is recorded."""
+    if torch.is_grad_enabled():
+        d = den.clamp(min=0) + epsilon if negatives_silent else stabilize(den, epsilon)
+        return R / d
+    if negatives_silent:
+        d = den.clamp_min(0).add_(epsilon)
+    else:
+        e = den.new_full((), epsilon)
+        d = torch.where(den >= 0, e, -e).add_(den)
+    return torch.div(R, d, out=d) if d.shape == R.shape else R / d
+
+
+def _times(t: Tensor, a: Tensor) -> Tensor:
+    """t ⊙ a, in place on the fresh tensor t when no graph is recorded."""
+    return t * a if torch.is_grad_enabled() else t.mul_(a)
 
 
 class Rule:
@@ -41,7 +61,7 @@ class Rule:
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         raise NotImplementedError(f"rule {self!r} does not apply to linear or pooling steps")
 
-    def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor) -> list[Tensor]:
+    def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
         raise NotImplementedError(f"rule {self!r} does not apply to additions")
 
     def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
@@ -61,8 +81,10 @@ def _require_weight(rule: Rule, layer: LinearMap) -> Tensor:
     return layer.weight
 
 
-def _nonneg(a: Tensor) -> bool:
-    return bool((a >= 0).all())
+def _nonneg(layer: LinearMap, a: Tensor) -> bool:
+    """Whether the layer input is non-negative: known from the graph, else checked."""
+    known = layer.input_nonneg
+    return bool((a >= 0).all()) if known is None else known
 
 
 class Epsilon(Rule):
@@ -86,11 +108,11 @@ class Epsilon(Rule):
         if self.epsilon == 0:
             s = safe_divide(R, z)
         else:
-            s = R / stabilize(z, self.epsilon)
-        return a * layer.transpose(s, layer.weight, a)
+            s = divide_stabilized(R, z, self.epsilon, layer.negative_outputs_silent)
+        return _times(layer.transpose(s, layer.weight, a), a)
 
-    def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor) -> list[Tensor]:
-        s = safe_divide(R, z) if self.epsilon == 0 else R / stabilize(z, self.epsilon)
+    def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
+        s = safe_divide(R, z) if self.epsilon == 0 else divide_stabilized(R, z, self.epsilon, negatives_silent)
         return [p * s for p in parts]
 
 
@@ -140,11 +162,11 @@ class ZPlus(_PosNeg):
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         wp, wn, bp, _ = self._weights(layer)
-        if _nonneg(a):
-            s = R / stabilize(layer.forward(a, wp, bp), self.stabilizer)
-            return a * layer.transpose(s, wp, a)
+        if _nonneg(layer, a):
+            s = divide_stabilized(R, layer.forward(a, wp, bp), self.stabilizer)
+            return _times(layer.transpose(s, wp, a), a)
         ap, an = a.clamp(min=0), a.clamp(max=0)
-        s = R / stabilize(layer.forward(ap, wp, bp) + layer.forward(an, wn, None), self.stabilizer)
+        s = divide_stabilized(R, layer.forward(ap, wp, bp) + layer.forward(an, wn, None), self.stabilizer)
         return ap * layer.transpose(s, wp, a) + an * layer.transpose(s, wn, a)
 
 
@@ -163,7 +185,7 @@ class AlphaBeta(_PosNeg):
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         wp, wn, bp, bn = self._weights(layer)
         eps = self.stabilizer
-        if _nonneg(a):
+        if _nonneg(layer, a):
             zp = layer.forward(a, wp, bp)
             sp = R / stabilize(zp, eps)
             out = self.alpha * (a * layer.transpose(sp, wp, a))
@@ -213,19 +235,24 @@ class Gamma(Rule):
 
         wgp, wgn, bgp, bgn = layer.modified(f"gamma{g}", make)
         eps = self.stabilizer
-        rp = R * (z > 0)
-        rn = R * (z < 0)
-        has_neg_out = bool(rn.any())
-        if _nonneg(a):
-            out = a * layer.transpose(rp / stabilize(layer.forward(a, wgp, bgp), eps), wgp, a)
-            if has_neg_out:
-                out = out + a * layer.transpose(rn / stabilize(layer.forward(a, wgn, bgn), eps), wgn, a)
+        if layer.negative_outputs_silent:  # R vanishes where z <= 0: only the positive-output half
+            rp, rn = R, None
+        else:
+            rp = R * (z > 0)
+            rn = R * (z < 0)
+            if not bool(rn.any()):
+                rn = None
+        if _nonneg(layer, a):
+            out = _times(layer.transpose(divide_stabilized(rp, layer.forward(a, wgp, bgp), eps), wgp, a), a)
+            if rn is not None:
+                sn = divide_stabilized(rn, layer.forward(a, wgn, bgn), eps)
+                out = out + _times(layer.transpose(sn, wgn, a), a)
             return out
         ap, an = a.clamp(min=0), a.clamp(max=0)
-        sp = rp / stabilize(layer.forward(ap, wgp, bgp) + layer.forward(an, wgn, None), eps)
+        sp = divide_stabilized(rp, layer.forward(ap, wgp, bgp) + layer.forward(an, wgn, None), eps)
         out = ap * layer.transpose(sp, wgp, a) + an * layer.transpose(sp, wgn, a)
-        if has_neg_out:
-            sn = rn / stabilize(layer.forward(ap, wgn, bgn) + layer.forward(an, wgp, None), eps)
+        if rn is not None:
+            sn = divide_stabilized(rn, layer.forward(ap, wgn, bgn) + layer.forward(an, wgp, None), eps)
             out = out + ap * layer.transpose(sn, wgn, a) + an * layer.transpose(sn, wgp, a)
         return out
 
@@ -250,14 +277,19 @@ class ZBox(Rule):
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         w = _require_weight(self, layer)
         b = layer.bias
-        low = torch.as_tensor(self.low, dtype=a.dtype, device=a.device).expand_as(a)
-        high = torch.as_tensor(self.high, dtype=a.dtype, device=a.device).expand_as(a)
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
-        bp = None if b is None else b.clamp(min=0)
-        bn = None if b is None else b.clamp(max=0)
-        den = z - layer.forward(low, wp, bp) - layer.forward(high, wn, bn)
-        s = R / stabilize(den, self.stabilizer)
-        return a * layer.transpose(s, w, a) - low * layer.transpose(s, wp, a) - high * layer.transpose(s, wn, a)
+        one = (1,) + tuple(a.shape[1:])
+        low = torch.as_tensor(self.low, dtype=a.dtype, device=a.device).expand(one)
+        high = torch.as_tensor(self.high, dtype=a.dtype, device=a.device).expand(one)
+        wp, wn = layer.modified("posw", lambda: (w.clamp(min=0), w.clamp(max=0)))
+
+        def bounds_term() -> Tensor:  # W⁺l + b⁺ + W⁻h + b⁻: the same for every sample
+            bp = None if b is None else b.clamp(min=0)
+            bn = None if b is None else b.clamp(max=0)
+            return layer.forward(low, wp, bp) + layer.forward(high, wn, bn)
+
+        s = divide_stabilized(R, z - layer.modified(f"zbox{one}", bounds_term), self.stabilizer)
+        # a⊙Wᵀs − l⊙W⁺ᵀs − h⊙W⁻ᵀs with W⁻ = W − W⁺: two transposed products instead of three
+        return (a - high) * layer.transpose(s, w, a) + (high - low) * layer.transpose(s, wp, a)
 
 
 class WSquare(Rule):
@@ -272,9 +304,9 @@ class WSquare(Rule):
         w = _require_weight(self, layer)
         b = layer.bias
         w2, b2 = layer.modified("wsquare", lambda: (w * w, None if b is None else b * b))
-        ones = torch.ones_like(a)
-        s = R / stabilize(layer.forward(ones, w2, b2), self.stabilizer)
-        return layer.transpose(s, w2, a)
+        one = (1,) + tuple(a.shape[1:])
+        den = layer.modified(f"wsquare{one}", lambda: layer.forward(a.new_ones(one), w2, b2))
+        return layer.transpose(divide_stabilized(R, den, self.stabilizer), w2, a)
 
 
 class Flat(Rule):
@@ -288,10 +320,21 @@ class Flat(Rule):
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         w = _require_weight(self, layer)
+        one = (1,) + tuple(a.shape[1:])
+        m = layer.module
+        # all-ones weights map every input channel alike: sum the output channels first, then
+        # transpose a single-channel map (exact, and far cheaper than a full transposed product)
+        single = (isinstance(m, torch.nn.Linear) and a.dim() == 2) or (
+            isinstance(m, torch.nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1
+        )
+        if single:
+            w1 = layer.modified("flat1", lambda: w.new_ones((1, 1) + tuple(w.shape[2:])))
+            den = layer.modified(f"flat{one}", lambda: layer.forward(a.new_ones((1, 1) + one[2:]), w1, None))
+            s = divide_stabilized(R, den * a.shape[1], self.stabilizer).sum(1, keepdim=True)
+            return layer.transpose(s, w1, a[:, :1]).expand_as(a).contiguous()
         w1 = layer.modified("flat", lambda: torch.ones_like(w))
-        ones = torch.ones_like(a)
-        s = R / stabilize(layer.forward(ones, w1, None), self.stabilizer)
-        return layer.transpose(s, w1, a)
+        den = layer.modified(f"flat{one}", lambda: layer.forward(a.new_ones(one), w1, None))
+        return layer.transpose(divide_stabilized(R, den, self.stabilizer), w1, a)
 
 
 class Pass(Rule):
@@ -317,7 +360,7 @@ class Gradient(Rule):
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         return layer.transpose(R, layer.weight, a)
 
-    def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor) -> list[Tensor]:
+    def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
         return [R for _ in parts]
 
     def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
