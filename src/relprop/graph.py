@@ -135,10 +135,16 @@ def _describe(target: Any) -> str:
 
 
 def _source_of(node: fx.Node) -> str:
-    """The last user-code line of the node's recorded stack trace, or ''."""
-    trace = node.stack_trace or ""
-    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
-    return f" (at {lines[-1]})" if lines else ""
+    """The innermost user-code frame (outside torch) of the node's recorded stack trace, or ''."""
+    torch_dir = os.path.dirname(torch.__file__)
+    lines = (node.stack_trace or "").strip().splitlines()
+    found = ""
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith("File ") and torch_dir not in text:
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            found = f" (at {text}: `{code}`)"
+    return found
 
 
 @dataclass(eq=False)
