@@ -63,11 +63,11 @@ def _scalar_bounds(nonneg: bool) -> tuple[float, float]:
 
 
 # name -> (relprop rule given the ZBox bounds, reference function, its keyword arguments).
-# Stabilisers are exactly representable in float32 (0.25, 0.125): relprop's `stabilize` currently builds
-# the ±ε tensor in float32, so ε = 0.1 would be off by ~1e-9 relative in float64 (reported separately).
 RULES = {
     "zero": (lambda lo, hi: relprop.Zero(), ref.epsilon, dict(eps=0.0)),
     "epsilon": (lambda lo, hi: relprop.Epsilon(0.25), ref.epsilon, dict(eps=0.25)),
+    # 0.1 is not a float32 number: catches a stabiliser rounded to float32 in a float64 computation
+    "epsilon_0.1": (lambda lo, hi: relprop.Epsilon(0.1), ref.epsilon, dict(eps=0.1)),
     "epsilon_ignore_bias": (
         lambda lo, hi: relprop.Epsilon(0.25, ignore_bias=True),
         ref.epsilon,
