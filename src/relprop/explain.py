@@ -85,7 +85,7 @@ class Explainer:
             rule = self.composite.rule_for(step)
             if rule is not None:
                 self.rules[step] = rule
-        self._nonneg, self._neg_silent = _analyse(self.graph, self.rules)
+        self._nonneg, self._neg_silent, self._proportional = _analyse(self.graph, self.rules)
         self._fold_forward = not self.composite.exact_forward
 
     # -- public ----------------------------------------------------------------------------------
@@ -269,6 +269,7 @@ class Explainer:
             layer = env.pop((step.node, "map"), None) or LinearMap(step, a, z, env)
             layer.input_nonneg = self._nonneg.get(step.inputs[0])
             layer.negative_outputs_silent = self._neg_silent.get(step, False)
+            layer.output_proportional = self._proportional.get(step, False)
             try:
                 r_in = rule.linear(layer, a, z, r)
             except NotImplementedError as exc:
@@ -377,13 +378,16 @@ def _activation_name(step: Step) -> str:
     return step.name.lower()
 
 
-def _analyse(graph: RelevanceGraph, rules: Mapping[Step, Rule]) -> tuple[dict[Step, bool], dict[Step, bool]]:
+def _analyse(
+    graph: RelevanceGraph, rules: Mapping[Step, Rule]
+) -> tuple[dict[Step, bool], dict[Step, bool], dict[Step, bool]]:
     """Static facts that let rules skip work that is provably zero.
 
     ``nonneg[s]``: the output of ``s`` is never negative (ReLU outputs, and pooling, reshaping, concatenation
     and sums of such values). ``neg_silent[s]``: no relevance can arrive at negative outputs of linear step
     ``s``, because every user is a ReLU whose own output relevance vanishes where the output is zero
-    (all rules downstream multiply by their input). The input is not known statically (None).
+    (all rules downstream multiply by their input). ``proportional[s]``: relevance at the output of ``s``
+    vanishes wherever the output is zero. The input's sign is not known statically (absent from nonneg).
     """
     from .rules import AlphaBeta, Epsilon, Gamma, Pass, ZPlus
 
@@ -436,7 +440,7 @@ def _analyse(graph: RelevanceGraph, rules: Mapping[Step, Rule]) -> tuple[dict[St
         for s in graph.steps
         if s.kind in ("linear", "add")
     }
-    return nonneg, neg_silent
+    return nonneg, neg_silent, proportional
 
 
 def _pair_outputs(out: Any, r: Any) -> tuple[list[Tensor], list[Tensor]]:

@@ -542,6 +542,8 @@ class LinearMap:
         self.input_nonneg: bool | None = None
         #: no relevance can arrive at negative outputs (the step feeds only ReLUs)
         self.negative_outputs_silent = False
+        #: relevance at the output vanishes wherever the output is zero (all consumers multiply by it)
+        self.output_proportional = False
         if step.kind == "avgpool":
             self._pool_call = step.call
             self._env = env

@@ -30,17 +30,29 @@ def stabilize(x: Tensor, epsilon: float) -> Tensor:
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """num / den, with 0 where den == 0 (differentiable: no NaN in either branch)."""
     zero = den == 0
-    return num / torch.where(zero, torch.ones_like(den), den) * (~zero).to(num.dtype)
+    return torch.where(zero, 0.0, num / torch.where(zero, 1.0, den))
 
 
-def divide_stabilized(R: Tensor, den: Tensor, epsilon: float, negatives_silent: bool = False) -> Tensor:
-    """R / stab(den). With ``negatives_silent`` (R is zero wherever den < 0) the sign test is skipped:
-    R / (max(den, 0) + ε) is then equal and cheaper. Works in place when no graph is recorded."""
+def divide_stabilized(
+    R: Tensor, den: Tensor, epsilon: float, sign: int = 0, temporary: bool = False
+) -> Tensor:
+    """R / stab(den), stab(x) = x + ε·sign(x) with sign(0) = +1.
+
+    ``sign=+1`` promises that R is zero wherever den < 0, ``sign=-1`` that R is zero wherever den >= 0;
+    the sign test is then skipped (R / (max(den, 0) + ε), resp. R / (min(den, 0) − ε), is equal and
+    cheaper). ``temporary=True`` lets the function overwrite ``den``. Without a recorded graph the
+    arithmetic is done in place.
+    """
     if torch.is_grad_enabled():
-        d = den.clamp(min=0) + epsilon if negatives_silent else stabilize(den, epsilon)
-        return R / d
-    if negatives_silent:
-        d = den.clamp_min(0).add_(epsilon)
+        if sign > 0:
+            return R / (den.clamp(min=0) + epsilon)
+        if sign < 0:
+            return R / (den.clamp(max=0) - epsilon)
+        return R / stabilize(den, epsilon)
+    if sign > 0:
+        d = (den.clamp_min_(0) if temporary else den.clamp_min(0)).add_(epsilon)
+    elif sign < 0:
+        d = (den.clamp_max_(0) if temporary else den.clamp_max(0)).sub_(epsilon)
     else:
         e = den.new_full((), epsilon)
         d = torch.where(den >= 0, e, -e).add_(den)
@@ -108,11 +120,11 @@ class Epsilon(Rule):
         if self.epsilon == 0:
             s = safe_divide(R, z)
         else:
-            s = divide_stabilized(R, z, self.epsilon, layer.negative_outputs_silent)
+            s = divide_stabilized(R, z, self.epsilon, int(layer.negative_outputs_silent))
         return _times(layer.transpose(s, layer.weight, a), a)
 
     def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
-        s = safe_divide(R, z) if self.epsilon == 0 else divide_stabilized(R, z, self.epsilon, negatives_silent)
+        s = safe_divide(R, z) if self.epsilon == 0 else divide_stabilized(R, z, self.epsilon, int(negatives_silent))
         return [p * s for p in parts]
 
 
@@ -163,7 +175,7 @@ class ZPlus(_PosNeg):
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         wp, wn, bp, _ = self._weights(layer)
         if _nonneg(layer, a):
-            s = divide_stabilized(R, layer.forward(a, wp, bp), self.stabilizer)
+            s = divide_stabilized(R, layer.forward(a, wp, bp), self.stabilizer, temporary=True)
             return _times(layer.transpose(s, wp, a), a)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         s = divide_stabilized(R, layer.forward(ap, wp, bp) + layer.forward(an, wn, None), self.stabilizer)
@@ -238,16 +250,21 @@ class Gamma(Rule):
         if layer.negative_outputs_silent:  # R vanishes where z <= 0: only the positive-output half
             rp, rn = R, None
         else:
-            rp = R * (z > 0)
-            rn = R * (z < 0)
+            rn = torch.where(z < 0, R, 0.0)
             if not bool(rn.any()):
                 rn = None
+            # R vanishes where z == 0 when every consumer multiplies by its input: then R − rn = R·[z>0]
+            rp = R - rn if (rn is not None and layer.output_proportional) else torch.where(z > 0, R, 0.0)
         if _nonneg(layer, a):
-            out = _times(layer.transpose(divide_stabilized(rp, layer.forward(a, wgp, bgp), eps), wgp, a), a)
-            if rn is not None:
-                sn = divide_stabilized(rn, layer.forward(a, wgn, bgn), eps)
-                out = out + _times(layer.transpose(sn, wgn, a), a)
-            return out
+            # on z > 0, W_γ⁺a + b_γ⁺ >= z > 0; on z < 0, W_γ⁻a + b_γ⁻ <= (1 + γ) z < 0: signs known
+            den_p = layer.forward(a, wgp, bgp)
+            if rn is None:
+                return _times(layer.transpose(divide_stabilized(rp, den_p, eps, +1, True), wgp, a), a)
+            sp = divide_stabilized(rp, den_p, eps, +1)
+            # W_γ⁻a + b_γ⁻ = (2 + γ) z − (W_γ⁺a + b_γ⁺), since z = W⁺a + b⁺ + W⁻a + b⁻: one forward saved
+            den_n = den_p.neg_().add_(z, alpha=2 + g) if not torch.is_grad_enabled() else (2 + g) * z - den_p
+            sn = divide_stabilized(rn, den_n, eps, -1, True)
+            return _times(layer.transpose(sp, wgp, a) + layer.transpose(sn, wgn, a), a)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         sp = divide_stabilized(rp, layer.forward(ap, wgp, bgp) + layer.forward(an, wgn, None), eps)
         out = ap * layer.transpose(sp, wgp, a) + an * layer.transpose(sp, wgn, a)
