@@ -33,9 +33,7 @@ def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(zero, 0.0, num / torch.where(zero, 1.0, den))
 
 
-def divide_stabilized(
-    R: Tensor, den: Tensor, epsilon: float, sign: int = 0, temporary: bool = False
-) -> Tensor:
+def divide_stabilized(R: Tensor, den: Tensor, epsilon: float, sign: int = 0, temporary: bool = False) -> Tensor:
     """R / stab(den), stab(x) = x + ε·sign(x) with sign(0) = +1.
 
     ``sign=+1`` promises that R is zero wherever den < 0, ``sign=-1`` that R is zero wherever den >= 0;
