@@ -128,3 +128,13 @@ def test_shared_relu_module_used_many_times() -> None:
     graph = relprop.RelevanceGraph(model)
     relus = [s for s in graph.steps if s.kind == "activation" and s.name == "layer1.0.relu"]
     assert len(relus) == 2
+
+
+def test_clear_cache_after_edits_through_data() -> None:
+    lin = nn.Sequential(nn.Linear(4, 3), nn.Flatten())
+    ex = relprop.Explainer(lin, relprop.ZPlus())
+    x, seed = torch.rand(2, 4), torch.ones(2, 3)
+    ex(x, seed)
+    lin[0].weight.data.mul_(-1)  # invisible to version counters
+    ex.clear_cache()
+    torch.testing.assert_close(ex(x, seed), relprop.Explainer(lin, relprop.ZPlus())(x, seed))

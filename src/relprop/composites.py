@@ -118,7 +118,7 @@ class Composite:
             return self.add
         if step.kind == "avgpool":
             return self.pool
-        if step.kind == "activation":
+        if step.kind in ("activation", "pass"):
             return self.activation
         if step.kind != "linear":
             return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
@@ -66,6 +67,11 @@ class Explainer:
 
         explainer = relprop.Explainer(model.eval(), "epsilon_plus_flat")
         relevance = explainer(images, target="predicted")
+
+    Modified weights (W⁺, folded BatchNorm, ...) are cached between calls and recomputed when a
+    parameter or buffer changes through PyTorch (optimiser steps, ``load_state_dict``, in-place edits
+    under ``torch.no_grad()``). Edits through ``param.data`` bypass PyTorch's version counters: call
+    :meth:`clear_cache` after them.
     """
 
     def __init__(
@@ -87,8 +93,18 @@ class Explainer:
                 self.rules[step] = rule
         self._nonneg, self._neg_silent, self._proportional = _analyse(self.graph, self.rules)
         self._fold_forward = not self.composite.exact_forward
+        self._relu_of_silent = {
+            s
+            for s in self.graph.steps
+            if s.kind == "activation" and s.inputs and self._neg_silent.get(s.inputs[0], False)
+        }
 
     # -- public ----------------------------------------------------------------------------------
+    def clear_cache(self) -> None:
+        """Forget cached modified weights (needed only after edits through ``param.data``)."""
+        for step in self.graph.steps:
+            step.cache.clear()
+
     def __call__(self, x: Tensor, target: Target = "predicted", *, create_graph: bool = False) -> Tensor:
         """Relevance of ``x`` for ``target``, shaped like ``x``."""
         return self.explain(x, target, create_graph=create_graph).relevance
@@ -177,6 +193,10 @@ class Explainer:
                     env[(step.node, "map")] = layer
                 else:
                     env[step.node] = step.call(env)
+                    if step in self._relu_of_silent:
+                        # R vanishes where z <= 0, and equals where z > 0 (there a = z): every rule gives
+                        # the same result from a = relu(z), so the pre-activation z need not be kept
+                        env[step.inputs[0].node] = env[step.node]
             except RelpropError:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
@@ -280,7 +300,8 @@ class Explainer:
             arg_nodes = list(step.node.args[:2])
             parts = [env[n] if sign > 0 else -env[n] for sign, n in zip(step.signs, arg_nodes)]
             outs = rule.add(parts, env[step.node], r, self._neg_silent.get(step, False))
-            return [(n, o if sign > 0 else -o) for sign, n, o in zip(step.signs, arg_nodes, outs)]
+            # relevance belongs to the term (−y for x − y); a gradient changes sign with it
+            return [(n, -o if sign < 0 and rule.is_gradient else o) for sign, n, o in zip(step.signs, arg_nodes, outs)]
         if kind == "activation":
             assert rule is not None
             in_node = step.inputs[0].node
@@ -290,10 +311,16 @@ class Explainer:
                 return _s.call({**env, _n: t})  # type: ignore[misc]
 
             return [(in_node, rule.activation(fn, xin, env[step.node], r))]
-        if kind == "pass":
+        if kind == "pass" and not (rule is not None and rule.is_gradient):
             in_node = step.inputs[0].node
             if env[in_node].shape == r.shape:
                 return [(in_node, r)]
+        if kind == "pass" and _is_dropout(step):
+            # the gradient of dropout uses the forward pass's mask, which a re-evaluation would redraw
+            in_node = step.inputs[0].node
+            x, y = env[in_node], env[step.node]
+            p = _dropout_p(step)
+            return [(in_node, r * (y != 0) / (1 - p) if p < 1 else torch.zeros_like(r))] if x.shape == r.shape else []
         if kind == "maxpool":
             in_node = step.inputs[0].node
             x = env[in_node]
@@ -344,6 +371,21 @@ class Explainer:
         return result
 
 
+def _is_dropout(step: Step) -> bool:
+    if step.module is not None:
+        return isinstance(step.module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d))
+    return step.name in ("dropout", "dropout1d", "dropout2d", "dropout3d")
+
+
+def _dropout_p(step: Step) -> float:
+    """Drop probability of a dropout step, 0 when it is inactive (eval mode)."""
+    if step.module is not None:
+        return float(step.module.p) if step.module.training else 0.0
+    args = dict(zip(("input", "p", "training", "inplace"), step.node.args))
+    args.update(step.node.kwargs)
+    return float(args.get("p", 0.5)) if args.get("training", True) else 0.0
+
+
 def _batch_statistics(bn: nn.Module) -> bool:
     return bool(bn.training) or getattr(bn, "running_mean", None) is None
 
@@ -354,25 +396,36 @@ _ZERO_AT_ZERO = _RELU_LIKE | {
     "hardswish", "prelu",
 }  # fmt: skip
 _NONNEG_ACTIVATIONS = _RELU_LIKE | {"sigmoid", "sigmoid_", "softplus", "hardsigmoid"}
-_SAME_SIGN_CALLS = {"clone", "float", "double", "half", "bfloat16", "to", "type_as", "dropout", "dropout1d",
-                    "dropout2d", "dropout3d", "mul", "truediv", "div", "add", "sub"}  # fmt: skip
+_SCALING_CALLS = {"clone", "float", "double", "half", "bfloat16", "to", "type_as", "contiguous", "dropout",
+                  "dropout1d", "dropout2d", "dropout3d", "mul", "truediv", "div", "neg", "pos"}  # fmt: skip
+
+
+def _scaling_pass(step: Step) -> bool:
+    """A ``pass`` step of the form y = c ⊙ x (identity, dropout, casts, scaling by a constant): y is zero
+    exactly where x is (c != 0), so relevance that vanishes on zero outputs vanishes on zero inputs."""
+    if step.custom:
+        return False
+    if step.module is not None:
+        return isinstance(step.module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity))
+    if step.name not in _SCALING_CALLS:
+        return False
+    consts = [a for a in step.node.args if not isinstance(a, fx.Node)]
+    return all(not isinstance(c, (int, float)) or c != 0 for c in consts)
 
 
 def _sign_preserving(step: Step) -> bool:
     """A ``pass`` step that keeps non-negative values non-negative (dropout, copies, positive scaling)."""
-    if step.module is not None:
-        return True  # Dropout, Identity
-    if step.name not in _SAME_SIGN_CALLS:
+    if not _scaling_pass(step) or step.name in ("neg",):
         return False
-    consts = [a for a in step.node.args if not hasattr(a, "op")]
-    if step.name in ("mul", "truediv", "div"):
-        return all(isinstance(c, (int, float)) and c > 0 for c in consts)
-    if step.name in ("add", "sub"):
-        return False
-    return True
+    consts = [a for a in step.node.args if not isinstance(a, fx.Node)]
+    return (
+        all(isinstance(c, (int, float)) and c > 0 for c in consts) if step.name in ("mul", "truediv", "div") else True
+    )
 
 
 def _activation_name(step: Step) -> str:
+    if step.custom:
+        return "custom"
     if step.module is not None:
         return type(step.module).__name__.lower()
     return step.name.lower()
@@ -402,11 +455,12 @@ def _analyse(
         if s.kind == "activation":
             nonneg[s] = _activation_name(s) in _NONNEG_ACTIVATIONS
         elif s.kind in ("route", "maxpool", "avgpool"):
-            nonneg[s] = bool(ins) and all(ins)
+            nonneg[s] = bool(ins) and all(ins) and not s.custom
         elif s.kind == "pass":
             nonneg[s] = bool(ins) and all(ins) and _sign_preserving(s)
         elif s.kind == "add":
-            nonneg[s] = all(ins) and all(sign > 0 for sign in s.signs)
+            terms = [graph.by_node.get(a) for a in s.node.args[:2]]
+            nonneg[s] = all(t is not None and nonneg.get(t) is True for t in terms) and all(v > 0 for v in s.signs)
         elif s.kind != "input":
             nonneg[s] = False
     proportional: dict[Step, bool] = {}
@@ -421,9 +475,9 @@ def _analyse(
                 isinstance(rules.get(u), Pass) and _activation_name(u) in _ZERO_AT_ZERO and proportional.get(u, False)
             )
         if u.kind in ("route", "maxpool"):
-            return proportional.get(u, False)
+            return proportional.get(u, False) and not u.custom
         if u.kind == "pass":
-            return proportional.get(u, False)
+            return proportional.get(u, False) and _scaling_pass(u) and isinstance(rules.get(u), Pass)
         return u.kind in ("meta", "const")
 
     for s in reversed(graph.steps):

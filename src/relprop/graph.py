@@ -109,24 +109,30 @@ ROUTE_FUNCTIONS: set[Any] = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, operator.getitem, F.max_pool1d,
     F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    torch.movedim,
+    torch.movedim, F.pad,
 }  # fmt: skip
 ROUTE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
     "chunk", "split", "view_as", "reshape_as", "expand", "expand_as", "movedim", "t",
 }  # fmt: skip
-MAXPOOL_FUNCTIONS: set[Any] = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
+MAXPOOL_FUNCTIONS: dict[Any, Any] = {
+    F.max_pool1d: F.max_pool1d, F.max_pool2d: F.max_pool2d, F.max_pool3d: F.max_pool3d,
+    torch.max_pool1d: F.max_pool1d, torch.max_pool2d: F.max_pool2d, torch.max_pool3d: F.max_pool3d,
+}  # fmt: skip
 AVGPOOL_FUNCTIONS: set[Any] = {
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
     F.adaptive_avg_pool3d, torch.mean,
 }  # fmt: skip
 AVGPOOL_METHODS = {"mean"}
-PASS_FUNCTIONS: set[Any] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+PASS_FUNCTIONS: set[Any] = {
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, operator.neg, torch.neg, operator.pos,
+}  # fmt: skip
 PASS_METHODS = {"clone", "float", "double", "half", "bfloat16", "to", "type_as"}
 ADD_FUNCTIONS: set[Any] = {operator.add, operator.iadd, torch.add}
 SUB_FUNCTIONS: set[Any] = {operator.sub, operator.isub, torch.sub}
 SCALE_FUNCTIONS: set[Any] = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
 META_METHODS = {"size", "dim", "numel"}
+META_FUNCTIONS: set[Any] = {getattr, len}
 INPLACE_METHODS = {"relu_": "relu", "sigmoid_": "sigmoid", "tanh_": "tanh", "add_": "add"}
 
 
@@ -175,6 +181,7 @@ class Step:
     first: bool = False
     signs: tuple[float, ...] = ()
     pre: fx.Node | None = None
+    custom: bool = False
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -193,6 +200,13 @@ class _Tracer(fx.Tracer):
         if self._leaf_types and isinstance(m, self._leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        # Trace through a container's forward without running its hooks: user hooks would otherwise
+        # receive fx proxies (and could store them, or fail on them).
+        if not self.is_leaf_module(m, self.path_of_module(m)):
+            forward = m.forward
+        return super().call_module(m, forward, args, kwargs)
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -261,6 +275,7 @@ class RelevanceGraph:
                 "module whose forward(x) supplies the other arguments."
             )
         users: dict[fx.Node, list[fx.Node]] = {n: list(n.users) for n in self.fx_graph.nodes}
+        self._check_inplace(users)
         folded: set[fx.Node] = set()
         seen_first = False
         for node in self.fx_graph.nodes:
@@ -278,6 +293,30 @@ class RelevanceGraph:
         outputs = [s for s in self.steps if s.kind == "output"]
         self.output = outputs[0]
         self.input = next(s for s in self.steps if s.kind == "input")
+
+    def _check_inplace(self, users: dict[fx.Node, list[fx.Node]]) -> None:
+        """relprop runs in-place operations out of place (it keeps pre-activations); that changes the model
+        only if the overwritten tensor is read again afterwards, which is refused here."""
+        order = {n: i for i, n in enumerate(self.fx_graph.nodes)}
+        for node in self.fx_graph.nodes:
+            inplace = False
+            if node.op == "call_module":
+                inplace = bool(getattr(_module_path(self.model, str(node.target)), "inplace", False))
+            elif node.op == "call_function":
+                inplace = bool(node.kwargs.get("inplace")) or node.target in (torch.relu_, F.relu_)
+            elif node.op == "call_method":
+                inplace = str(node.target).endswith("_") and not str(node.target).startswith("_")
+            if not inplace or not node.args or not isinstance(node.args[0], fx.Node):
+                continue
+            src = node.args[0]
+            later = [u for u in users[src] if u is not node and order[u] > order[node]]
+            if later:
+                raise UnsupportedLayerError(
+                    f"`{node.target}`{_source_of(node)} modifies its input in place, and that tensor "
+                    f"(`{src.name}`) is read again afterwards by `{later[0].name}`; relprop evaluates in-place "
+                    "operations out of place and would change the model. Use the out-of-place form "
+                    "(e.g. torch.relu(x), nn.ReLU(inplace=False))."
+                )
 
     def _tensor_args(self, step: Step) -> list[fx.Node]:
         node = step.pre if step.pre is not None else step.node
@@ -313,7 +352,7 @@ class RelevanceGraph:
         module = _module_path(self.model, name)
         for cls, kind in self.leaf_modules.items():
             if isinstance(module, cls):
-                return Step(node, kind, name, module, call=_module_call(node, module))
+                return Step(node, kind, name, module, call=_module_call(node, module), custom=True)
         if isinstance(module, LINEAR_MODULES):
             padding_mode = getattr(module, "padding_mode", "zeros")
             if padding_mode != "zeros":
@@ -395,6 +434,10 @@ class RelevanceGraph:
         if target in (operator.iadd, operator.isub, operator.imul):
             target = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}[target]
         call = _function_call(node, target, is_method, kwargs)
+        arg_nodes: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: arg_nodes.append(n) or n)
+        if not any(self._is_tensor(a) for a in arg_nodes) or (not is_method and target in META_FUNCTIONS):
+            return Step(node, "meta", name, call=call)  # sizes, shapes, constants
         tensor_args = [a for a in node.args if isinstance(a, fx.Node) and self._is_tensor(a)]
 
         if is_method:
@@ -419,8 +462,9 @@ class RelevanceGraph:
             if target in ACTIVATION_FUNCTIONS:
                 return Step(node, "activation", name, call=call)
             if target in MAXPOOL_FUNCTIONS and not node.kwargs.get("return_indices") and len(node.args) < 7:
+                pool = MAXPOOL_FUNCTIONS[target]
                 return Step(
-                    node, "maxpool", name, call=_function_call(node, target, False, {**kwargs, "return_indices": True})
+                    node, "maxpool", name, call=_function_call(node, pool, False, {**kwargs, "return_indices": True})
                 )
             if target in ROUTE_FUNCTIONS:
                 return Step(node, "route", name, call=call)

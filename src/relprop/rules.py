@@ -67,6 +67,8 @@ class Rule:
 
     #: short name shown in reports and error messages
     name: str = "rule"
+    #: the rule propagates a gradient (signs follow the chain rule) rather than relevance shares
+    is_gradient: bool = False
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         raise NotImplementedError(f"rule {self!r} does not apply to linear or pooling steps")
@@ -113,12 +115,14 @@ class Epsilon(Rule):
         self.ignore_bias = ignore_bias
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
+        silent = layer.negative_outputs_silent
         if self.ignore_bias and layer.bias is not None:
             z = layer.forward(a, layer.weight, None)
+            silent = False  # W a may be negative where W a + b > 0
         if self.epsilon == 0:
             s = safe_divide(R, z)
         else:
-            s = divide_stabilized(R, z, self.epsilon, int(layer.negative_outputs_silent))
+            s = divide_stabilized(R, z, self.epsilon, int(silent))
         return _times(layer.transpose(s, layer.weight, a), a)
 
     def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
@@ -293,16 +297,20 @@ class ZBox(Rule):
         w = _require_weight(self, layer)
         b = layer.bias
         one = (1,) + tuple(a.shape[1:])
-        low = torch.as_tensor(self.low, dtype=a.dtype, device=a.device).expand(one)
-        high = torch.as_tensor(self.high, dtype=a.dtype, device=a.device).expand(one)
+        low = torch.as_tensor(self.low, dtype=a.dtype, device=a.device)
+        high = torch.as_tensor(self.high, dtype=a.dtype, device=a.device)
+        per_sample = any(t.dim() == a.dim() and t.shape[0] > 1 for t in (low, high))
+        shape = tuple(a.shape) if per_sample else one  # bounds that differ per sample are not cached
+        low, high = low.expand(shape), high.expand(shape)
         wp, wn = layer.modified("posw", lambda: (w.clamp(min=0), w.clamp(max=0)))
 
-        def bounds_term() -> Tensor:  # W⁺l + b⁺ + W⁻h + b⁻: the same for every sample
+        def bounds_term() -> Tensor:  # W⁺l + b⁺ + W⁻h + b⁻
             bp = None if b is None else b.clamp(min=0)
             bn = None if b is None else b.clamp(max=0)
             return layer.forward(low, wp, bp) + layer.forward(high, wn, bn)
 
-        s = divide_stabilized(R, z - layer.modified(f"zbox{one}", bounds_term), self.stabilizer)
+        bounds = bounds_term() if per_sample else layer.modified(f"zbox{one}{self.low!r}{self.high!r}", bounds_term)
+        s = divide_stabilized(R, z - bounds, self.stabilizer)
         # a⊙Wᵀs − l⊙W⁺ᵀs − h⊙W⁻ᵀs with W⁻ = W − W⁺: two transposed products instead of three
         return (a - high) * layer.transpose(s, w, a) + (high - low) * layer.transpose(s, wp, a)
 
@@ -371,6 +379,7 @@ class Gradient(Rule):
     to each term. Used by the ``gradient`` and ``gradient_x_input`` composites."""
 
     name = "gradient"
+    is_gradient = True
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         return layer.transpose(R, layer.weight, a)
@@ -380,11 +389,15 @@ class Gradient(Rule):
 
     def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
         assert callable(fn)
+        if torch.is_grad_enabled() and (x.requires_grad or R.requires_grad):
+            # keep f'(x) differentiable (double backpropagation through smooth activations)
+            xr = x if x.requires_grad else x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(fn(xr), xr, R, create_graph=True)
+            return g
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
-            out = fn(xr)
-            (g,) = torch.autograd.grad(out, xr, torch.ones_like(out))
-        return R * g
+            (g,) = torch.autograd.grad(fn(xr), xr, R)
+        return g
 
 
 __all__ = [
