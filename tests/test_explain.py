@@ -138,3 +138,19 @@ def test_clear_cache_after_edits_through_data() -> None:
     lin[0].weight.data.mul_(-1)  # invisible to version counters
     ex.clear_cache()
     torch.testing.assert_close(ex(x, seed), relprop.Explainer(lin, relprop.ZPlus())(x, seed))
+
+
+def test_rescale_slot_keeps_the_normalised_map() -> None:
+    model, x = cnn().double(), torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    base = relprop.composites.epsilon_plus()
+    calls: list[str] = []
+
+    def per_sample_max(step: relprop.graph.Step, r: torch.Tensor) -> torch.Tensor:
+        calls.append(step.kind)
+        return r / r.flatten(1).abs().amax(1).clamp_min(1e-300).view(-1, *([1] * (r.dim() - 1)))
+
+    scaled = relprop.Composite(base.layer_map, rescale=per_sample_max)
+    plain, rescaled = relprop.explain(model, x, 2, base), relprop.explain(model, x, 2, scaled)
+    norm = lambda r: r / r.flatten(1).abs().amax(1).view(-1, 1, 1, 1)  # noqa: E731
+    torch.testing.assert_close(norm(plain), norm(rescaled))
+    assert "linear" in calls and "input" in calls

@@ -31,7 +31,6 @@ import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -75,6 +74,8 @@ class Composite:
             are folded into the preceding Linear/Conv for the forward pass too, so that each layer's output z
             is exactly W a + b of the weights the relevance pass uses (logits then equal the model's up to
             float rounding). The gradient composites set this, so that they equal autograd's gradient.
+        rescale: optional ``(step, R) -> R`` applied to the relevance arriving at every step before its
+            rule runs (the slot for rules that keep relevance in range by per-node rescaling, such as R-LRP).
         name: shown in reports.
     """
 
@@ -92,6 +93,7 @@ class Composite:
         seed: Literal["logit", "unit"] = "logit",
         multiply_input: bool = False,
         exact_forward: bool = False,
+        rescale: Callable[[Step, Tensor], Tensor] | None = None,
         name: str = "custom",
     ) -> None:
         if seed not in ("logit", "unit"):
@@ -107,6 +109,7 @@ class Composite:
         self.seed = seed
         self.multiply_input = multiply_input
         self.exact_forward = exact_forward
+        self.rescale = rescale
         self.name = name
 
     def rule_for(self, step: Step) -> Rule | None:
@@ -243,4 +246,3 @@ def resolve(composite: str | Composite | Rule) -> Composite:
 
 
 __all__ = ["Composite", "PRESETS", "resolve", *PRESETS]
-_ = torch  # torch is imported for type checkers of Tensor-valued bounds

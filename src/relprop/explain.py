@@ -256,12 +256,15 @@ class Explainer:
         out_step = self.graph.output
         relevance: dict[Step, Any] = {out_step.inputs[0]: seed}
         by_node = self.graph.by_node
+        rescale = self.composite.rescale
         for step in reversed(self.graph.steps):
             if step.kind == "output":
                 continue
             r = relevance.pop(step, None)
             if r is None:
                 continue
+            if rescale is not None and isinstance(r, Tensor):
+                r = rescale(step, r)
             if step.kind == "input":
                 relevance[step] = r
                 break
