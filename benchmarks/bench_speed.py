@@ -1,10 +1,11 @@
 """Speed and peak memory of relprop against a plain input gradient and zennit, side by side.
 
-Each (model, batch, method) runs in its own subprocess with one thread: the model is built, the
-method runs once to warm up, then ``--reps`` timed runs; the median time and the peak resident
-memory above the level before the first run are reported. Ratios are against the plain input
-gradient (``torch.autograd.grad(logit, x)``: forward plus the input-gradient backward) measured in
-the same invocation.
+For each (model, batch) all methods run in one subprocess with one thread, interleaved round by round
+(``--reps`` rounds after a warm-up), so that every method sees the same machine state; the median time
+per method is reported with its ratio to the plain input gradient (``torch.autograd.grad(logit, x)``:
+forward plus the input-gradient backward) and to zennit's matching composite. Peak memory is measured
+separately: each method runs once in a fresh process and the peak resident memory above the level
+before the run is reported.
 
     .venv/bin/python benchmarks/bench_speed.py                 # VGG16 and ResNet50, 224², batch 1 and 8
     .venv/bin/python benchmarks/bench_speed.py --models vgg16 --batches 1 --reps 3
@@ -33,11 +34,13 @@ def _current_rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def worker(model_name: str, batch: int, method: str, reps: int, size: int) -> dict[str, float]:
+def _build(model_name: str, batch: int, method: str, size: int):  # noqa: ANN202
+    """A model, an input and a zero-argument function running ``method`` once."""
+    import copy
+
     import torch
     import torchvision
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)(weights=None).eval()
     x = torch.rand(batch, 3, size, size)
@@ -50,48 +53,70 @@ def worker(model_name: str, batch: int, method: str, reps: int, size: int) -> di
             out = model(xi)
             torch.autograd.grad(out[:, target].sum(), xi)
 
-    elif method.startswith("ours_"):
+        return run
+    if method.startswith("ours_"):
         import relprop
 
         explainer = relprop.Explainer(model, method[len("ours_") :])
+        return lambda: explainer(x, target)
 
-        def run() -> None:
-            explainer(x, target)
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, LayerMapComposite, layer_map_base
+    from zennit.rules import Epsilon
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+    from zennit.types import Convolution
 
+    canon = [ResNetCanonizer()] if model_name.startswith("resnet") else [VGGCanonizer()]
+    name = method[len("zennit_") :]
+    if name == "epsilon_plus_flat":
+        comp = EpsilonPlusFlat(canonizers=canon)
+    elif name == "epsilon_gamma_box":
+        comp = EpsilonGammaBox(low=0.0, high=1.0, canonizers=canon)
     else:
-        from zennit.attribution import Gradient
-        from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, LayerMapComposite, layer_map_base
-        from zennit.rules import Epsilon
-        from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-        from zennit.types import Convolution
+        comp = LayerMapComposite(
+            layer_map_base() + [(Convolution, Epsilon()), (torch.nn.Linear, Epsilon())], canonizers=canon
+        )
+    onehot = torch.zeros(batch, 1000)
+    onehot[:, target] = 1.0
+    # zennit attaches hooks to the model it explains: give it its own copy
+    attributor = Gradient(model=copy.deepcopy(model), composite=comp)
+    attributor.__enter__()
+    return lambda: attributor(x, onehot)
 
-        canon = [ResNetCanonizer()] if model_name.startswith("resnet") else [VGGCanonizer()]
-        name = method[len("zennit_") :]
-        if name == "epsilon_plus_flat":
-            comp = EpsilonPlusFlat(canonizers=canon)
-        elif name == "epsilon_gamma_box":
-            comp = EpsilonGammaBox(low=0.0, high=1.0, canonizers=canon)
-        else:
-            comp = LayerMapComposite(
-                layer_map_base() + [(Convolution, Epsilon()), (torch.nn.Linear, Epsilon())], canonizers=canon
-            )
-        onehot = torch.zeros(batch, 1000)
-        onehot[:, target] = 1.0
-        attributor = Gradient(model=model, composite=comp)
-        attributor.__enter__()
 
-        def run() -> None:
-            attributor(x, onehot)
+def time_worker(model_name: str, batch: int, methods: list[str], reps: int, size: int) -> dict[str, float]:
+    """All methods in one process, interleaved round by round; the median time per method."""
+    import torch
 
-    base = _current_rss_mib()
-    run()  # warm-up
-    times = []
+    torch.set_num_threads(1)
+    runs = {m: _build(model_name, batch, m, size) for m in methods}
+    for run in runs.values():
+        run()  # warm-up
+    times: dict[str, list[float]] = {m: [] for m in methods}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"time": times[len(times) // 2], "peak_mib": _rss_mib() - base}
+        for m, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[m].append(time.perf_counter() - t0)
+    return {m: sorted(t)[len(t) // 2] for m, t in times.items()}
+
+
+def memory_worker(model_name: str, batch: int, method: str, size: int) -> float:
+    """Peak resident memory of one run of ``method`` above the level before it, in its own process."""
+    import torch
+
+    torch.set_num_threads(1)
+    run = _build(model_name, batch, method, size)
+    base = _current_rss_mib()
+    run()
+    return _rss_mib() - base
+
+
+def _sub(args: list[str]) -> object:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -99,44 +124,39 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--methods", nargs="+", default=METHODS)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--time-worker", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker:
-        model, batch, method = args.worker
-        print(json.dumps(worker(model, int(batch), method, args.reps, args.size)))
+    if args.time_worker:
+        model, batch = args.time_worker
+        print(json.dumps(time_worker(model, int(batch), args.methods, args.reps, args.size)))
+        return
+    if args.memory_worker:
+        model, batch, method = args.memory_worker
+        print(json.dumps(memory_worker(model, int(batch), method, args.size)))
         return
 
-    print(f"# relprop speed benchmark: 1 thread, input {args.size}x{args.size}, median of {args.reps} runs")
+    print(f"# relprop speed benchmark: 1 thread, input {args.size}x{args.size}, median of {args.reps} interleaved runs")
+    print("# x grad: time / plain input gradient (forward + input-gradient backward), same process, same rounds")
+    print("# peak MiB: peak resident memory of one run above the level before it, each method in its own process")
     print(f"{'model':<10}{'batch':>6}  {'method':<28}{'time s':>9}{'x grad':>9}{'x zennit':>10}{'peak MiB':>10}")
-    results: dict[tuple[str, int, str], dict[str, float]] = {}
     for model in args.models:
         for batch in args.batches:
+            common = ["--size", str(args.size), "--reps", str(args.reps), "--methods", *args.methods]
+            times = _sub(["--time-worker", model, str(batch), *common])
+            assert isinstance(times, dict)
+            grad = times.get("gradient")
             for method in args.methods:
-                cmd = [sys.executable, __file__, "--worker", model, str(batch), method, "--reps", str(args.reps),
-                       "--size", str(args.size)]  # fmt: skip
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    print(f"{model:<10}{batch:>6}  {method:<28} FAILED: {out.stderr.strip().splitlines()[-1]}")
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                results[(model, batch, method)] = r
-                grad = results.get((model, batch, "gradient"), {}).get("time")
-                ratio = f"{r['time'] / grad:9.2f}" if grad else f"{'-':>9}"
-                zname = method.replace("ours_", "zennit_")
-                z = results.get((model, batch, zname), {}).get("time") if method.startswith("ours_") else None
-                zratio = f"{r['time'] / z:10.2f}" if z else f"{'-':>10}"
-                print(f"{model:<10}{batch:>6}  {method:<28}{r['time']:9.3f}{ratio}{zratio}{r['peak_mib']:10.0f}")
+                t = times[method]
+                peak = "-" if args.no_memory else f"{_sub(['--memory-worker', model, str(batch), method, *common]):.0f}"
+                ratio = f"{t / grad:9.2f}" if grad else f"{'-':>9}"
+                z = times.get(method.replace("ours_", "zennit_")) if method.startswith("ours_") else None
+                zratio = f"{t / z:10.2f}" if z else f"{'-':>10}"
+                print(f"{model:<10}{batch:>6}  {method:<28}{t:9.3f}{ratio}{zratio}{peak:>10}")
                 sys.stdout.flush()
-    # ours against zennit, now that both are measured
-    print("\n# ours / zennit (same composite)")
-    for model in args.models:
-        for batch in args.batches:
-            for name in ("epsilon", "epsilon_plus_flat", "epsilon_gamma_box"):
-                o, z = results.get((model, batch, f"ours_{name}")), results.get((model, batch, f"zennit_{name}"))
-                if o and z:
-                    print(f"{model:<10}{batch:>6}  {name:<28}{o['time'] / z['time']:9.2f}")
 
 
 if __name__ == "__main__":

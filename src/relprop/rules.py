@@ -36,18 +36,22 @@ def safe_divide(num: Tensor, den: Tensor) -> Tensor:
 def divide_stabilized(R: Tensor, den: Tensor, epsilon: float, sign: int = 0, temporary: bool = False) -> Tensor:
     """R / stab(den), stab(x) = x + ε·sign(x) with sign(0) = +1.
 
-    ``sign=+1`` promises that R is zero wherever den < 0, ``sign=-1`` that R is zero wherever den >= 0;
-    the sign test is then skipped (R / (max(den, 0) + ε), resp. R / (min(den, 0) − ε), is equal and
-    cheaper). ``temporary=True`` lets the function overwrite ``den``. Without a recorded graph the
-    arithmetic is done in place.
+    ``sign=+2`` promises den >= 0 everywhere, ``sign=+1`` that R is zero wherever den < 0, ``sign=-1``
+    that R is zero wherever den >= 0; the sign test is then skipped (R / (den + ε), R / (max(den, 0) + ε),
+    resp. R / (min(den, 0) − ε) is equal and cheaper). ``temporary=True`` lets the function overwrite
+    ``den``. Without a recorded graph the arithmetic is done in place.
     """
     if torch.is_grad_enabled():
+        if sign > 1:
+            return R / (den + epsilon)
         if sign > 0:
             return R / (den.clamp(min=0) + epsilon)
         if sign < 0:
             return R / (den.clamp(max=0) - epsilon)
         return R / stabilize(den, epsilon)
-    if sign > 0:
+    if sign > 1:
+        d = den.add_(epsilon) if temporary else den + epsilon
+    elif sign > 0:
         d = (den.clamp_min_(0) if temporary else den.clamp_min(0)).add_(epsilon)
     elif sign < 0:
         d = (den.clamp_max_(0) if temporary else den.clamp_max(0)).sub_(epsilon)
@@ -177,10 +181,11 @@ class ZPlus(_PosNeg):
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         wp, wn, bp, _ = self._weights(layer)
         if _nonneg(layer, a):
-            s = divide_stabilized(R, layer.forward(a, wp, bp), self.stabilizer, temporary=True)
+            s = divide_stabilized(R, layer.forward(a, wp, bp), self.stabilizer, +2, temporary=True)
             return _times(layer.transpose(s, wp, a), a)
         ap, an = a.clamp(min=0), a.clamp(max=0)
-        s = divide_stabilized(R, layer.forward(ap, wp, bp) + layer.forward(an, wn, None), self.stabilizer)
+        # W⁺a⁺ + W⁻a⁻ + b⁺ >= 0 everywhere
+        s = divide_stabilized(R, layer.forward(ap, wp, bp) + layer.forward(an, wn, None), self.stabilizer, +2, True)
         return ap * layer.transpose(s, wp, a) + an * layer.transpose(s, wn, a)
 
 
