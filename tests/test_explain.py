@@ -140,17 +140,21 @@ def test_clear_cache_after_edits_through_data() -> None:
     torch.testing.assert_close(ex(x, seed), relprop.Explainer(lin, relprop.ZPlus())(x, seed))
 
 
-def test_rescale_slot_keeps_the_normalised_map() -> None:
-    model, x = cnn().double(), torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    base = relprop.composites.epsilon_plus()
-    calls: list[str] = []
-
-    def per_sample_max(step: relprop.graph.Step, r: torch.Tensor) -> torch.Tensor:
-        calls.append(step.kind)
-        return r / r.flatten(1).abs().amax(1).clamp_min(1e-300).view(-1, *([1] * (r.dim() - 1)))
-
-    scaled = relprop.Composite(base.layer_map, rescale=per_sample_max)
-    plain, rescaled = relprop.explain(model, x, 2, base), relprop.explain(model, x, 2, scaled)
-    norm = lambda r: r / r.flatten(1).abs().amax(1).view(-1, 1, 1, 1)  # noqa: E731
-    torch.testing.assert_close(norm(plain), norm(rescaled))
-    assert "linear" in calls and "input" in calls
+def test_per_step_rescaling_keeps_the_normalised_map_across_residual_branches() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval().double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    for composite in (relprop.composites.epsilon_plus(), relprop.composites.rlrp()):
+        plain = relprop.Composite(composite.layer_map, add=composite.add, pool=composite.pool,
+                                  maxpool=composite.maxpool, seed=composite.seed)  # fmt: skip
+        scaled = relprop.Composite(plain.layer_map, add=plain.add, pool=plain.pool, maxpool=plain.maxpool,
+                                   seed=plain.seed, rescale=True)  # fmt: skip
+        e_plain, e_scaled = (
+            relprop.Explainer(model, plain).explain(x, 2),
+            relprop.Explainer(model, scaled).explain(x, 2),
+        )
+        assert e_plain.log_scale is None and e_scaled.log_scale is not None
+        peak = e_plain.relevance.flatten(1).abs().amax(1)
+        torch.testing.assert_close(e_scaled.relevance.flatten(1).abs().amax(1), torch.ones(2, dtype=torch.float64))
+        torch.testing.assert_close(e_plain.relevance / peak.view(-1, 1, 1, 1), e_scaled.relevance)
+        torch.testing.assert_close(e_scaled.log_scale.exp(), peak)

@@ -12,6 +12,7 @@ from .errors import InputError, RelpropError, TargetError, TracingError, Unsuppo
 from .explain import Explainer, Explanation, explain
 from .graph import RelevanceGraph
 from .rules import (
+    RLRP,
     AlphaBeta,
     Epsilon,
     Flat,
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlphaBeta", "Composite", "Epsilon", "Explainer", "Explanation", "Flat", "Gamma", "Gradient",
-    "InputError", "Norm", "PRESETS", "Pass", "RelevanceGraph", "RelpropError", "Rule", "TargetError",
+    "InputError", "Norm", "PRESETS", "Pass", "RLRP", "RelevanceGraph", "RelpropError", "Rule", "TargetError",
     "TracingError", "UnsupportedLayerError", "WSquare", "ZBox", "ZPlus", "Zero", "composites", "explain",
     "rules",
 ]  # fmt: skip

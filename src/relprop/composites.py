@@ -17,6 +17,7 @@ preset                         first layer        Conv        Linear       add /
 ``epsilon_alpha2_beta1_flat``  Flat               α2β1        ε            Norm
 ``epsilon``                    --                 ε           ε            Norm
 ``zero``                       --                 LRP-0       LRP-0        LRP-0
+``rlrp``                       Relative LRP everywhere (a ⊙ Wᵀ R), rescaled per step
 ``gradient``                   plain gradient (seed 1 on the target logit)
 ``gradient_x_input``           gradient times input
 =============================  =================  ==========  ===========  ==================
@@ -37,6 +38,7 @@ from torch import Tensor
 from .errors import UnsupportedLayerError
 from .graph import BATCHNORM_MODULES, LINEAR_MODULES, Step
 from .rules import (
+    RLRP,
     AlphaBeta,
     Epsilon,
     Flat,
@@ -74,8 +76,11 @@ class Composite:
             are folded into the preceding Linear/Conv for the forward pass too, so that each layer's output z
             is exactly W a + b of the weights the relevance pass uses (logits then equal the model's up to
             float rounding). The gradient composites set this, so that they equal autograd's gradient.
-        rescale: optional ``(step, R) -> R`` applied to the relevance arriving at every step before its
-            rule runs (the slot for rules that keep relevance in range by per-node rescaling, such as R-LRP).
+        maxpool: rule for max pooling (None: relevance goes to the winner of each window).
+        rescale: divide the relevance arriving at every step by its per-sample max |R|, keeping the factor
+            (as a log) so that branches meeting at a fork are still added at their true relative scale: for
+            rules whose relevance grows or shrinks with depth (R-LRP). The result then has max |R| = 1 per
+            sample and ``Explanation.log_scale`` holds the factor.
         name: shown in reports.
     """
 
@@ -93,7 +98,8 @@ class Composite:
         seed: Literal["logit", "unit"] = "logit",
         multiply_input: bool = False,
         exact_forward: bool = False,
-        rescale: Callable[[Step, Tensor], Tensor] | None = None,
+        maxpool: Rule | None = None,
+        rescale: bool = False,
         name: str = "custom",
     ) -> None:
         if seed not in ("logit", "unit"):
@@ -109,6 +115,7 @@ class Composite:
         self.seed = seed
         self.multiply_input = multiply_input
         self.exact_forward = exact_forward
+        self.maxpool = maxpool
         self.rescale = rescale
         self.name = name
 
@@ -123,6 +130,8 @@ class Composite:
             return self.pool
         if step.kind in ("activation", "pass"):
             return self.activation
+        if step.kind == "maxpool":
+            return self.maxpool
         if step.kind != "linear":
             return None
         module = step.module
@@ -201,6 +210,16 @@ def zero() -> Composite:
     return c
 
 
+def rlrp(pool: str = "winner", skip: str = "proportional") -> Composite:
+    """Relative LRP on every step (see :class:`~relprop.rules.RLRP`), rescaled per step; no
+    hyperparameters (``pool`` and ``skip`` are structural choices)."""
+    rule = RLRP(pool, skip)
+    return Composite(
+        [(WEIGHTED_TYPES + BATCHNORM_MODULES, rule)], add=rule, pool=rule, activation=rule, batchnorm=rule,
+        maxpool=rule, rescale=True, seed="unit", name="rlrp",
+    )  # fmt: skip
+
+
 def gradient() -> Composite:
     """The plain gradient of the target logit with respect to the input."""
     g = Gradient()
@@ -228,6 +247,7 @@ PRESETS: dict[str, Callable[[], Composite]] = {
     "zero": zero,
     "gradient": gradient,
     "gradient_x_input": gradient_x_input,
+    "rlrp": rlrp,
 }
 
 

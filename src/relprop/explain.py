@@ -36,12 +36,16 @@ class Explanation:
         logits: the model's output (B, C) for this input.
         targets: explained class per sample (None if the output relevance was given directly).
         output_relevance: the relevance the backward pass started from, shape (B, C).
+        log_scale: for composites that rescale relevance at every step (R-LRP), the per-sample natural
+            log of the factor removed: the unscaled relevance is ``relevance * exp(log_scale)`` (which may
+            overflow; ``relevance`` itself has max |R| = 1 per sample). None otherwise.
     """
 
     relevance: Tensor
     logits: Tensor
     targets: Tensor | None
     output_relevance: Tensor
+    log_scale: Tensor | None = None
 
     @property
     def conservation_error(self) -> Tensor:
@@ -125,10 +129,10 @@ class Explainer:
         with grad:
             env, logits = self._forward(x)
             seed, targets = self._seed(logits, target)
-            relevance = self._backward(env, seed, x, create_graph)
+            relevance, log_scale = self._backward(env, seed, x, create_graph)
         if not create_graph:
             logits = logits.detach()
-        return Explanation(relevance, logits, targets, seed)
+        return Explanation(relevance, logits, targets, seed, log_scale)
 
     # -- forward ---------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
@@ -252,35 +256,50 @@ class Explainer:
         return seed, idx
 
     # -- relevance backward ------------------------------------------------------------------------
-    def _backward(self, env: dict[Any, Any], seed: Tensor, x: Tensor, create_graph: bool) -> Tensor:
+    def _backward(
+        self, env: dict[Any, Any], seed: Tensor, x: Tensor, create_graph: bool
+    ) -> tuple[Tensor, Tensor | None]:
         out_step = self.graph.output
         relevance: dict[Step, Any] = {out_step.inputs[0]: seed}
-        by_node = self.graph.by_node
+        # with per-step rescaling, relevance is kept as (R, log s) with true relevance R·s per sample
         rescale = self.composite.rescale
+        scales: dict[Step, Tensor] = {out_step.inputs[0]: seed.new_zeros(seed.shape[0])} if rescale else {}
+        by_node = self.graph.by_node
         for step in reversed(self.graph.steps):
             if step.kind == "output":
                 continue
             r = relevance.pop(step, None)
             if r is None:
                 continue
-            if rescale is not None and isinstance(r, Tensor):
-                r = rescale(step, r)
+            log_s = scales.pop(step, None)
+            if log_s is not None and isinstance(r, Tensor):
+                r, log_s = _normalise(r, log_s)
             if step.kind == "input":
                 relevance[step] = r
+                if log_s is not None:
+                    scales[step] = log_s
                 break
             for node, r_in in self._step_backward(step, env, r, create_graph):
                 src = by_node[node]
                 if src.kind in ("const", "meta"):
                     continue
                 prev = relevance.get(src)
-                relevance[src] = r_in if prev is None else _accumulate(prev, r_in)
+                if log_s is None:
+                    relevance[src] = r_in if prev is None else _accumulate(prev, r_in)
+                elif prev is None:
+                    relevance[src], scales[src] = r_in, log_s
+                else:
+                    relevance[src], scales[src] = _accumulate_scaled(prev, scales[src], r_in, log_s)
             env.pop(step.node, None)
         result = relevance.get(self.graph.input)
+        log_scale = scales.get(self.graph.input)
         if result is None:
             result = torch.zeros_like(x)
+        elif log_scale is not None:
+            result, log_scale = _normalise(result, log_scale)
         if self.composite.multiply_input:
             result = result * x
-        return result
+        return result, log_scale
 
     def _step_backward(self, step: Step, env: dict[Any, Any], r: Any, create_graph: bool) -> list[tuple[Any, Tensor]]:
         kind = step.kind
@@ -329,7 +348,8 @@ class Explainer:
             x = env[in_node]
             idx = env.pop((step.node, "indices"))
             flat = torch.zeros(x.shape[:2] + (x[0, 0].numel(),), dtype=r.dtype, device=r.device)
-            return [(in_node, flat.scatter_add(2, idx.flatten(2), r.flatten(2)).view_as(x))]
+            routed = flat.scatter_add(2, idx.flatten(2), r.flatten(2)).view_as(x)
+            return [(in_node, routed if rule is None else rule.maxpool(x, routed))]
         return self._route(step, env, r, create_graph)
 
     def _route(self, step: Step, env: dict[Any, Any], r: Any, create_graph: bool) -> list[tuple[Any, Tensor]]:
@@ -498,6 +518,30 @@ def _analyse(
         if s.kind in ("linear", "add")
     }
     return nonneg, neg_silent, proportional
+
+
+def _per_sample(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _normalise(r: Tensor, log_s: Tensor) -> tuple[Tensor, Tensor]:
+    """Divide r by its per-sample max |r| (samples with r == 0 stay), adding the log to log_s."""
+    m = r.detach().flatten(1).abs().amax(1)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    return r / _per_sample(m, r), log_s + torch.log(m).to(log_s.dtype)
+
+
+def _accumulate_scaled(r1: Any, s1: Tensor, r2: Any, s2: Tensor) -> tuple[Any, Tensor]:
+    """r1·e^s1 + r2·e^s2 as (r, s) without overflow: both brought to the larger scale."""
+    s = torch.maximum(s1, s2)
+    if not isinstance(r1, Tensor):
+        f1, f2 = torch.exp(s1 - s), torch.exp(s2 - s)
+        return tuple(
+            b * _per_sample(f2, b) if a is None else a * _per_sample(f1, a) if b is None else
+            a * _per_sample(f1, a) + b * _per_sample(f2, b)
+            for a, b in zip(r1, r2)
+        ), s  # fmt: skip
+    return r1 * _per_sample(torch.exp(s1 - s), r1) + r2 * _per_sample(torch.exp(s2 - s), r2), s
 
 
 def _pair_outputs(out: Any, r: Any) -> tuple[list[Tensor], list[Tensor]]:

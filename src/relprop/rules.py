@@ -83,6 +83,10 @@ class Rule:
     def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
         raise NotImplementedError(f"rule {self!r} does not apply to activations")
 
+    def maxpool(self, x: Tensor, routed: Tensor) -> Tensor:
+        """Relevance at a max-pooling input, given ``routed``: each window's relevance moved to its winner."""
+        return routed
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
@@ -379,6 +383,53 @@ class Pass(Rule):
         return R
 
 
+class RLRP(Rule):
+    """Relative LRP (Nyiri & Gibaru, arXiv:2501.14322), as reconstructed in relprop (the paper body was not
+    available to us; the structural choices below are ours and can be switched):
+
+    - Linear / Conv (BatchNorm folded): R_in = a ⊙ Wᵀ R: no denominator, the bias takes nothing. Per
+      neuron, Σ_j R_{j←k} = (z_k − b_k)·R_k: classical LRP-0's share times the pre-activation, which is
+      the "conservation up to a multiplicative factor".
+    - Activations pass relevance through (the activation value enters through ``a`` at the next layer).
+    - Max pooling: ``pool="winner"`` (default) gives the window's relevance to its winner;
+      ``pool="contribution"`` multiplies it by the winner's value.
+    - Average pooling: ``"winner"`` spreads R/n over the window (the transposed pooling);
+      ``"contribution"`` gives a_i/n · R.
+    - Additions y = u + v (residual connections), ``skip="proportional"`` (default): R_u = u ⊙ R / y with
+      0/0 := 0 and no ε: the only division of the rule.
+
+    There is no tunable parameter. Relevance grows or shrinks by about one activation per layer, so the
+    ``rlrp`` composite rescales it at every step (``Composite(rescale=True)``); the normalised heatmap is
+    unchanged. On a chain of Linear/Conv + ReLU the result equals the closed form
+    x ⊙ (W₁ᵀ diag(a₁) W₂ᵀ diag(a₂) … e_c).
+    """
+
+    name = "rlrp"
+
+    def __init__(self, pool: str = "winner", skip: str = "proportional") -> None:
+        if pool not in ("winner", "contribution"):
+            raise ValueError(f"RLRP(pool={pool!r}): pool must be 'winner' or 'contribution'")
+        if skip not in ("proportional",):
+            raise ValueError(f"RLRP(skip={skip!r}): skip must be 'proportional'")
+        self.pool = pool
+        self.skip = skip
+
+    def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
+        if layer.weight is None and self.pool == "winner":  # average pooling: spread R / n
+            return layer.transpose(R, None, a)
+        return _times(layer.transpose(R, layer.weight, a), a)
+
+    def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
+        s = safe_divide(R, z)
+        return [p * s for p in parts]
+
+    def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
+        return R
+
+    def maxpool(self, x: Tensor, routed: Tensor) -> Tensor:
+        return routed if self.pool == "winner" else x * routed
+
+
 class Gradient(Rule):
     """The plain gradient: linear steps give Wᵀ R, activations multiply by f'(x), additions copy R
     to each term. Used by the ``gradient`` and ``gradient_x_input`` composites."""
@@ -407,5 +458,5 @@ class Gradient(Rule):
 
 __all__ = [
     "Rule", "Epsilon", "Zero", "Norm", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "WSquare", "Flat", "Pass",
-    "Gradient", "stabilize", "safe_divide",
+    "Gradient", "RLRP", "stabilize", "safe_divide",
 ]  # fmt: skip
