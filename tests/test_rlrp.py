@@ -180,3 +180,50 @@ def test_pool_contribution_option() -> None:
     contrib = relprop.explain(model, x, 0, raw_rlrp(pool="contribution"))
     assert not torch.allclose(winner, contrib)
     assert torch.isfinite(contrib).all()
+
+
+class TinyResidual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l0, self.l1, self.l2, self.l3 = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l0(x)
+        u = self.l2(torch.relu(self.l1(h)))
+        return self.l3(torch.relu(u + h))
+
+
+@pytest.mark.parametrize("skip", ["proportional", "rescale_branches"])
+def test_skip_options_against_hand_computation(skip: str) -> None:
+    torch.manual_seed(4)
+    m, x = TinyResidual().to(D), torch.randn(3, 4, dtype=D)
+    with torch.no_grad():
+        h = m.l0(x)
+        a1 = torch.relu(m.l1(h))
+        u = m.l2(a1)
+        y = u + h
+        ry = torch.relu(y) * m.l3.weight[2]  # R-LRP at l3 with a one-hot seed on class 2
+        if skip == "proportional":
+            ru, rh_direct = u * ry / y, h * ry / y
+            rh = h * ((a1 * (ru @ m.l2.weight)) @ m.l1.weight) + rh_direct
+        else:
+            share_u, share_h = (u * ry / y).sum(1, keepdim=True), (h * ry / y).sum(1, keepdim=True)
+            branch_u = h * ((a1 * (ry @ m.l2.weight)) @ m.l1.weight)  # R carried down the branch unchanged
+            rh = branch_u * share_u / branch_u.sum(1, keepdim=True) + ry * share_h / ry.sum(1, keepdim=True)
+        ref = x * (rh @ m.l0.weight)
+    ours = relprop.explain(m, x, 2, raw_rlrp(skip=skip))
+    torch.testing.assert_close(ours, ref)
+
+
+def test_rescale_branches_refuses_blocks_it_cannot_split() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.l(x)
+            return h + h
+
+    with pytest.raises(relprop.UnsupportedLayerError, match="rescale_branches.*itself"):
+        relprop.Explainer(Twice(), relprop.composites.rlrp(skip="rescale_branches"))

@@ -22,7 +22,7 @@ from torch import Tensor
 from .composites import Composite, resolve
 from .errors import InputError, RelpropError, TargetError
 from .graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
-from .rules import Rule
+from .rules import Rule, safe_divide
 
 Target = Union[int, str, Tensor, Callable[[Tensor], Tensor]]
 
@@ -97,6 +97,8 @@ class Explainer:
                 self.rules[step] = rule
         self._nonneg, self._neg_silent, self._proportional = _analyse(self.graph, self.rules)
         self._fold_forward = not self.composite.exact_forward
+        self._forks = _branch_forks(self.graph, self.rules)
+        self._branch_adds = {add for add, _ in self._forks.values()}
         self._relu_of_silent = {
             s
             for s in self.graph.steps
@@ -265,6 +267,7 @@ class Explainer:
         rescale = self.composite.rescale
         scales: dict[Step, Tensor] = {out_step.inputs[0]: seed.new_zeros(seed.shape[0])} if rescale else {}
         by_node = self.graph.by_node
+        shares: dict[tuple[Step, int], tuple[Tensor, Tensor | None]] = {}
         for step in reversed(self.graph.steps):
             if step.kind == "output":
                 continue
@@ -279,17 +282,25 @@ class Explainer:
                 if log_s is not None:
                     scales[step] = log_s
                 break
+            if step in self._branch_adds:
+                self._record_shares(step, env, r, log_s, shares)
             for node, r_in in self._step_backward(step, env, r, create_graph):
                 src = by_node[node]
                 if src.kind in ("const", "meta"):
                     continue
+                in_log_s = log_s
+                fork = self._forks.get((step, src))
+                if fork is not None:  # a residual branch reaches its fork: rescale it to its share
+                    share, in_log_s = shares.pop(fork)
+                    total = r_in.flatten(1).sum(1)
+                    r_in = r_in * _per_sample(safe_divide(share, total), r_in)
                 prev = relevance.get(src)
-                if log_s is None:
+                if in_log_s is None:
                     relevance[src] = r_in if prev is None else _accumulate(prev, r_in)
                 elif prev is None:
-                    relevance[src], scales[src] = r_in, log_s
+                    relevance[src], scales[src] = r_in, in_log_s
                 else:
-                    relevance[src], scales[src] = _accumulate_scaled(prev, scales[src], r_in, log_s)
+                    relevance[src], scales[src] = _accumulate_scaled(prev, scales[src], r_in, in_log_s)
             env.pop(step.node, None)
         result = relevance.get(self.graph.input)
         log_scale = scales.get(self.graph.input)
@@ -300,6 +311,16 @@ class Explainer:
         if self.composite.multiply_input:
             result = result * x
         return result, log_scale
+
+    def _record_shares(
+        self, step: Step, env: dict[Any, Any], r: Tensor, log_s: Tensor | None, shares: dict[Any, Any]
+    ) -> None:
+        """At an addition y = u + v whose branches are rescaled at their fork: each branch's share of R,
+        Σ u ⊙ R / y and Σ v ⊙ R / y per sample (0/0 := 0)."""
+        s = safe_divide(r, env[step.node])
+        for b, (sign, n) in enumerate(zip(step.signs, step.node.args[:2])):
+            part = env[n] if sign > 0 else -env[n]
+            shares[(step, b)] = ((part * s).flatten(1).sum(1), log_s)
 
     def _step_backward(self, step: Step, env: dict[Any, Any], r: Any, create_graph: bool) -> list[tuple[Any, Tensor]]:
         kind = step.kind
@@ -518,6 +539,63 @@ def _analyse(
         if s.kind in ("linear", "add")
     }
     return nonneg, neg_silent, proportional
+
+
+def _branch_forks(graph: RelevanceGraph, rules: Mapping[Step, Rule]) -> dict[tuple[Step, Step], tuple[Step, int]]:
+    """For additions whose rule rescales branches at their fork (``skip="rescale_branches"``): map
+    (first step of branch b after the fork, fork step) -> (addition, b). The fork is the latest common
+    ancestor of the two terms; each branch must leave the fork through one step and be used only
+    inside itself, as in residual blocks."""
+    from .errors import UnsupportedLayerError
+
+    index = {s: i for i, s in enumerate(graph.steps)}
+    users: dict[Step, list[Step]] = {s: [] for s in graph.steps}
+    for s in graph.steps:
+        for i in s.inputs:
+            users[i].append(s)
+
+    def ancestors(s: Step) -> set[Step]:
+        seen, todo = set(), [s]
+        while todo:
+            t = todo.pop()
+            if t not in seen:
+                seen.add(t)
+                todo.extend(t.inputs)
+        return seen
+
+    forks: dict[tuple[Step, Step], tuple[Step, int]] = {}
+    for add in graph.steps:
+        if add.kind != "add" or getattr(rules.get(add), "skip", None) != "rescale_branches":
+            continue
+        terms = [graph.by_node.get(n) for n in add.node.args[:2]]
+        problem = "" if all(t is not None for t in terms) and terms[0] is not terms[1] else "it adds a tensor to itself"
+        if not problem:
+            anc = [ancestors(t) for t in terms]  # type: ignore[arg-type]
+            common = anc[0] & anc[1]
+            if not common:
+                problem = "its terms share no ancestor"
+            else:
+                fork = max(common, key=index.__getitem__)
+                branches = [{s for s in a if index[s] > index[fork]} for a in anc]
+                if branches[0] & branches[1]:
+                    problem = "its branches share steps"
+                for b, branch in enumerate(branches):
+                    leaving = [s for s in branch if fork in s.inputs] or [add]
+                    closed = all(u in branch or u is add for s in branch for u in users[s])
+                    if problem or len(leaving) != 1 or not closed:
+                        problem = problem or "a branch leaves its fork more than once or is used outside the block"
+                        break
+                    forks[(leaving[0], fork)] = (add, b)
+        if problem:
+            raise UnsupportedLayerError(
+                f"skip='rescale_branches' cannot handle the addition '{add.name}'{_src(add)}: {problem}; "
+                "use skip='proportional'"
+            )
+    return forks
+
+
+def _src(step: Step) -> str:
+    return f" ({step.node.name})"
 
 
 def _per_sample(v: Tensor, like: Tensor) -> Tensor:

@@ -396,7 +396,9 @@ class RLRP(Rule):
     - Average pooling: ``"winner"`` spreads R/n over the window (the transposed pooling);
       ``"contribution"`` gives a_i/n · R.
     - Additions y = u + v (residual connections), ``skip="proportional"`` (default): R_u = u ⊙ R / y with
-      0/0 := 0 and no ε: the only division of the rule.
+      0/0 := 0 and no ε: the only division of the rule. ``skip="rescale_branches"``: both branches carry
+      R down to the block's fork, where each branch's relevance is rescaled so that its total equals its
+      share Σ u ⊙ R / y of the addition.
 
     There is no tunable parameter. Relevance grows or shrinks by about one activation per layer, so the
     ``rlrp`` composite rescales it at every step (``Composite(rescale=True)``); the normalised heatmap is
@@ -409,8 +411,8 @@ class RLRP(Rule):
     def __init__(self, pool: str = "winner", skip: str = "proportional") -> None:
         if pool not in ("winner", "contribution"):
             raise ValueError(f"RLRP(pool={pool!r}): pool must be 'winner' or 'contribution'")
-        if skip not in ("proportional",):
-            raise ValueError(f"RLRP(skip={skip!r}): skip must be 'proportional'")
+        if skip not in ("proportional", "rescale_branches"):
+            raise ValueError(f"RLRP(skip={skip!r}): skip must be 'proportional' or 'rescale_branches'")
         self.pool = pool
         self.skip = skip
 
@@ -420,6 +422,8 @@ class RLRP(Rule):
         return _times(layer.transpose(R, layer.weight, a), a)
 
     def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
+        if self.skip == "rescale_branches":  # both branches carry R; the engine rescales them at the fork
+            return [R for _ in parts]
         s = safe_divide(R, z)
         return [p * s for p in parts]
 
