@@ -20,8 +20,8 @@ import subprocess
 import sys
 import time
 
-METHODS = ["gradient", "ours_epsilon", "ours_epsilon_plus_flat", "ours_epsilon_gamma_box", "zennit_epsilon",
-           "zennit_epsilon_plus_flat", "zennit_epsilon_gamma_box"]  # fmt: skip
+METHODS = ["gradient", "ours_epsilon", "ours_epsilon_plus_flat", "ours_epsilon_gamma_box", "ours_rlrp",
+           "zennit_epsilon", "zennit_epsilon_plus_flat", "zennit_epsilon_gamma_box"]  # fmt: skip
 
 
 def _rss_mib() -> float:

@@ -275,8 +275,8 @@ class Explainer:
             if r is None:
                 continue
             log_s = scales.pop(step, None)
-            if log_s is not None and isinstance(r, Tensor):
-                r, log_s = _normalise(r, log_s)
+            if log_s is not None and isinstance(r, Tensor) and step.kind in ("linear", "avgpool", "add"):
+                r, log_s = _normalise(r, log_s)  # before each step that changes the magnitude
             if step.kind == "input":
                 relevance[step] = r
                 if log_s is not None:
@@ -604,7 +604,7 @@ def _per_sample(v: Tensor, like: Tensor) -> Tensor:
 
 def _normalise(r: Tensor, log_s: Tensor) -> tuple[Tensor, Tensor]:
     """Divide r by its per-sample max |r| (samples with r == 0 stay), adding the log to log_s."""
-    m = r.detach().flatten(1).abs().amax(1)
+    m = torch.linalg.vector_norm(r.detach().flatten(1), ord=float("inf"), dim=1)
     m = torch.where(m > 0, m, torch.ones_like(m))
     return r / _per_sample(m, r), log_s + torch.log(m).to(log_s.dtype)
 
