@@ -16,16 +16,6 @@ import relprop
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: with `pytest -n 2` on two cores, two threads per worker oversubscribe the
-    CPU and make these float64 convolutions 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _randomise_batchnorm(model: nn.Module, bias_free: bool) -> None:
     """Random affine parameters and running statistics, so BatchNorm folding is not the identity.
 

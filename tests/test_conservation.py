@@ -20,15 +20,6 @@ DTYPE = torch.float64
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: under `pytest -n 2` on two cores more threads only oversubscribe the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cnn(avgpool: bool, bias: bool = False, batchnorm: bool = False) -> nn.Module:
     layers = [nn.Conv2d(3, 8, 3, padding=1, bias=bias)]
     if batchnorm:

@@ -19,14 +19,6 @@ MARGIN = 1e-3  # minimum distance of pre-activations, logits, inputs and weights
 TARGET = 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class SmallCNN(nn.Module):
     def __init__(self, batchnorm: bool = False) -> None:
         super().__init__()

@@ -18,14 +18,6 @@ import torchvision
 import relprop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class SmallVGG(nn.Module):
     """vgg11_bn's layout (features / avgpool / classifier with dropout) at a size that runs in milliseconds."""
 

@@ -21,15 +21,6 @@ DTYPE = torch.float64
 RTOL = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: under `pytest -n 2` on two cores more threads only oversubscribe the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # name -> (layer factory, input shape of one sample)
 LAYERS = {
     "linear": (lambda bias: nn.Linear(7, 5, bias=bias), (7,)),

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import operator
 import os
-import sys
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -723,6 +722,3 @@ def _fold(module: nn.Module, w: Tensor, b: Tensor | None, scale: Tensor, shift: 
 
 
 __all__ = ["RelevanceGraph", "Step", "LinearMap", "trace"]
-
-if sys.version_info < (3, 10):  # pragma: no cover
-    raise ImportError("relprop needs Python 3.10 or newer")
