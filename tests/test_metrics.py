@@ -402,10 +402,15 @@ def test_cross_check_quantus_pixel_flipping() -> None:
         warnings.simplefilter("ignore")
         metric = quantus.PixelFlipping(features_in_step=4, perturb_baseline=0.0, disable_warnings=True)
         theirs = np.asarray(metric(model=model, x_batch=x, y_batch=y, a_batch=a, softmax=False, device="cpu"))
+        # Quantus calling our explain_func itself gives the same curve as the precomputed relevance
+        via_explain_func = np.asarray(
+            metric(model=model, x_batch=x, y_batch=y, explain_func=M.quantus_explain_func("epsilon"), softmax=False)
+        )
     ours = M.pixel_flipping(model, torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(y), steps=16)
     # Quantus's curve omits the unperturbed point: its 16 steps are ours 1..16
     assert theirs.shape == (4, 16)
     np.testing.assert_allclose(ours.scores[:, 1:].numpy(), theirs, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(via_explain_func, theirs)
 
 
 @pytest.mark.parametrize("order, softmax", [("morf", False), ("lerf", True)])
