@@ -49,9 +49,11 @@ class Explanation:
 
     @property
     def conservation_error(self) -> Tensor:
-        """Per sample |Σ R_input − Σ R_output| / |Σ R_output|."""
-        r_in = self.relevance.flatten(1).sum(1)
-        r_out = self.output_relevance.sum(1)
+        """Per sample |Σ R_input − Σ R_output| / |Σ R_output| (in float64, per-step rescaling undone)."""
+        r_in = self.relevance.detach().double().flatten(1).sum(1)
+        if self.log_scale is not None:
+            r_in = r_in * self.log_scale.detach().double().exp()
+        r_out = self.output_relevance.detach().double().sum(1)
         return (r_in - r_out).abs() / r_out.abs().clamp_min(torch.finfo(r_out.dtype).tiny)
 
 
