@@ -115,7 +115,8 @@ def memory_worker(model_name: str, batch: int, method: str, size: int) -> float:
 def _sub(args: list[str]) -> object:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1])
+        lines = out.stderr.strip().splitlines() or [f"worker exited with status {out.returncode}"]
+        raise RuntimeError(lines[-1])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
