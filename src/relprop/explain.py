@@ -267,7 +267,9 @@ class Explainer:
         relevance: dict[Step, Any] = {out_step.inputs[0]: seed}
         # with per-step rescaling, relevance is kept as (R, log s) with true relevance R·s per sample
         rescale = self.composite.rescale
-        scales: dict[Step, Tensor] = {out_step.inputs[0]: seed.new_zeros(seed.shape[0])} if rescale else {}
+        scales: dict[Step, Tensor] = (
+            {out_step.inputs[0]: seed.new_zeros(seed.shape[0], dtype=torch.float64)} if rescale else {}
+        )
         by_node = self.graph.by_node
         shares: dict[tuple[Step, int], tuple[Tensor, Tensor | None]] = {}
         for step in reversed(self.graph.steps):
@@ -277,8 +279,9 @@ class Explainer:
             if r is None:
                 continue
             log_s = scales.pop(step, None)
-            if log_s is not None and isinstance(r, Tensor) and step.kind in ("linear", "avgpool", "add"):
-                r, log_s = _normalise(r, log_s)  # before each step that changes the magnitude
+            if log_s is not None and isinstance(r, Tensor) and step.kind == "linear":
+                # before each weighted layer (where the magnitude changes), when it has drifted far from 1
+                r, log_s = _normalise(r, log_s, only_if_far=True)
             if step.kind == "input":
                 relevance[step] = r
                 if log_s is not None:
@@ -601,14 +604,20 @@ def _src(step: Step) -> str:
 
 
 def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
+    return v.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
-def _normalise(r: Tensor, log_s: Tensor) -> tuple[Tensor, Tensor]:
-    """Divide r by its per-sample max |r| (samples with r == 0 stay), adding the log to log_s."""
-    m = torch.linalg.vector_norm(r.detach().flatten(1), ord=float("inf"), dim=1)
+_FAR = 2.0**16  # rescale when the per-sample max leaves [2⁻¹⁶, 2¹⁶]: far inside every float format's range
+
+
+def _normalise(r: Tensor, log_s: Tensor, only_if_far: bool = False) -> tuple[Tensor, Tensor]:
+    """Divide r by its per-sample max |r| (samples with r == 0 stay), adding the log to log_s.
+    With ``only_if_far`` nothing is done while every max lies within [1/_FAR, _FAR] (saves a pass)."""
+    m = torch.linalg.vector_norm(r.detach().flatten(1), ord=float("inf"), dim=1).to(log_s.dtype)
     m = torch.where(m > 0, m, torch.ones_like(m))
-    return r / _per_sample(m, r), log_s + torch.log(m).to(log_s.dtype)
+    if only_if_far and bool(((m <= _FAR) & (m >= 1 / _FAR)).all()):
+        return r, log_s
+    return r / _per_sample(m.to(r.dtype), r), log_s + torch.log(m)
 
 
 def _accumulate_scaled(r1: Any, s1: Tensor, r2: Any, s2: Tensor) -> tuple[Any, Tensor]:
