@@ -1,4 +1,4 @@
-"""The ``relprop`` command line: ``relprop demo`` and ``relprop explain``.
+"""The ``relprop`` command line: ``relprop demo``, ``relprop explain`` and ``relprop study``.
 
 Exit codes: 0 success, 2 usage errors and bad input (unreadable images, missing or unfitting model
 files, unknown architectures or composites). Expected errors print one line, ``relprop: error: ...``.
@@ -122,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--batch-size", type=int, default=8, metavar="B", help="images per forward/backward pass (default 8)"
     )
+    from .studies import rlrp as rlrp_study
+
+    study = sub.add_parser(
+        "study",
+        help="run a measured study and write a Markdown report with figures",
+        description="Run a measured study and write DIR/report.md, DIR/results.json and PNG figures.",
+    )
+    studies = study.add_subparsers(dest="study", metavar="STUDY", required=True)
+    rl = studies.add_parser(
+        "rlrp",
+        help="R-LRP against classical LRP, presets and gradients (about 15-25 min on 2 cores; --quick: seconds)",
+        description=rlrp_study.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rlrp_study.add_arguments(rl)
     return parser
 
 
@@ -131,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return run_demo(args.out, args.n)
+        if args.command == "study":
+            return run_study(args, argv)
         return run_explain(args)
     except (CLIError, RelpropError, FileNotFoundError, ValueError, OSError, ModuleNotFoundError) as exc:
         print(f"relprop: error: {exc}", file=sys.stderr)
@@ -142,6 +159,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _progress(total: int, desc: str, unit: str, disable: bool = False) -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=disable)
+
+
+# -- study ---------------------------------------------------------------------------------------
+def run_study(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """``relprop study NAME``: see the sub-command's help."""
+    import shlex
+
+    from .studies import rlrp as rlrp_study
+
+    if args.threads < 1:
+        raise CLIError(f"--threads {args.threads}: must be at least 1")
+    words = list(sys.argv[1:] if argv is None else argv)
+    rlrp_study.run_study(
+        args.out, quick=args.quick, threads=args.threads, cache=args.cache, command="relprop " + shlex.join(words)
+    )
+    return 0
 
 
 # -- demo ------------------------------------------------------------------------------------------
