@@ -613,8 +613,9 @@ _FAR = 2.0**16  # rescale when the per-sample max leaves [2⁻¹⁶, 2¹⁶]: fa
 def _normalise(r: Tensor, log_s: Tensor, only_if_far: bool = False) -> tuple[Tensor, Tensor]:
     """Divide r by its per-sample max |r| (samples with r == 0 stay), adding the log to log_s.
     With ``only_if_far`` nothing is done while every max lies within [1/_FAR, _FAR] (saves a pass)."""
-    m = torch.linalg.vector_norm(r.detach().flatten(1), ord=float("inf"), dim=1).to(log_s.dtype)
-    m = torch.where(m > 0, m, torch.ones_like(m))
+    lo, hi = torch.aminmax(r.detach().flatten(1), dim=1)
+    m = torch.maximum(-lo, hi).to(log_s.dtype)
+    m = torch.where(m > 0, m, 1.0)
     if only_if_far and bool(((m <= _FAR) & (m >= 1 / _FAR)).all()):
         return r, log_s
     return r / _per_sample(m.to(r.dtype), r), log_s + torch.log(m)

@@ -28,7 +28,10 @@ def stabilize(x: Tensor, epsilon: float) -> Tensor:
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
-    """num / den, with 0 where den == 0 (differentiable: no NaN in either branch)."""
+    """num / den, with 0 where den == 0 (differentiable: no NaN in either branch; without a graph, a
+    quotient that overflows is 0 too)."""
+    if not torch.is_grad_enabled():  # x/0 and 0/0 become 0 (the double where keeps gradients NaN-free)
+        return torch.nan_to_num_(num / den, nan=0.0, posinf=0.0, neginf=0.0)
     zero = den == 0
     return torch.where(zero, 0.0, num / torch.where(zero, 1.0, den))
 
