@@ -491,7 +491,7 @@ def _analyse(
     (all rules downstream multiply by their input). ``proportional[s]``: relevance at the output of ``s``
     vanishes wherever the output is zero. The input's sign is not known statically (absent from nonneg).
     """
-    from .rules import AlphaBeta, Epsilon, Gamma, Pass, ZPlus
+    from .rules import RLRP, AlphaBeta, Epsilon, Gamma, Pass, ZPlus
 
     proportional_rules = (Epsilon, ZPlus, AlphaBeta, Gamma)
     users: dict[Step, list[Step]] = {s: [] for s in graph.steps}
@@ -515,18 +515,26 @@ def _analyse(
     proportional: dict[Step, bool] = {}
 
     def consumes_proportionally(u: Step) -> bool:
+        rule = rules.get(u)
+        if isinstance(rule, RLRP) and u.kind in ("linear", "avgpool", "add"):
+            # a ⊙ Wᵀ R, except the transposed average pooling and branch rescaling
+            if u.kind == "add":
+                return rule.skip == "proportional"
+            return u.kind == "linear" or rule.pool == "contribution"
         if u.kind in ("linear", "avgpool"):
-            return isinstance(rules.get(u), proportional_rules)
+            return isinstance(rule, proportional_rules)
         if u.kind == "add":
-            return isinstance(rules.get(u), Epsilon)
+            return isinstance(rule, Epsilon)
         if u.kind == "activation":
             return (
-                isinstance(rules.get(u), Pass) and _activation_name(u) in _ZERO_AT_ZERO and proportional.get(u, False)
+                isinstance(rules.get(u), (Pass, RLRP))
+                and _activation_name(u) in _ZERO_AT_ZERO
+                and proportional.get(u, False)
             )
         if u.kind in ("route", "maxpool"):
             return proportional.get(u, False) and not u.custom
         if u.kind == "pass":
-            return proportional.get(u, False) and _scaling_pass(u) and isinstance(rules.get(u), Pass)
+            return proportional.get(u, False) and _scaling_pass(u) and isinstance(rules.get(u), (Pass, RLRP))
         return u.kind in ("meta", "const")
 
     for s in reversed(graph.steps):
@@ -536,7 +544,7 @@ def _analyse(
         and all(
             u.kind == "activation"
             and _activation_name(u) in _RELU_LIKE
-            and isinstance(rules.get(u), Pass)
+            and isinstance(rules.get(u), (Pass, RLRP))
             and proportional[u]
             for u in users[s]
         )
