@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     studies = study.add_subparsers(dest="study", metavar="STUDY", required=True)
     rl = studies.add_parser(
         "rlrp",
-        help="R-LRP against classical LRP, presets and gradients (about 15-25 min on 2 cores; --quick: seconds)",
+        help="R-LRP against classical LRP, presets and gradients (under 30 min on 2 cores; --quick: seconds)",
         description=rlrp_study.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -163,7 +163,8 @@ def _progress(total: int, desc: str, unit: str, disable: bool = False) -> tqdm:
 
 # -- study ---------------------------------------------------------------------------------------
 def run_study(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    """``relprop study NAME``: see the sub-command's help."""
+    """``relprop study NAME``: runs the study in a child process (``OMP_WAIT_POLICY=PASSIVE``, see
+    :func:`relprop.studies.rlrp.run_in_child`); returns its exit code."""
     import shlex
 
     from .studies import rlrp as rlrp_study
@@ -171,10 +172,10 @@ def run_study(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     if args.threads < 1:
         raise CLIError(f"--threads {args.threads}: must be at least 1")
     words = list(sys.argv[1:] if argv is None else argv)
-    rlrp_study.run_study(
-        args.out, quick=args.quick, threads=args.threads, cache=args.cache, command="relprop " + shlex.join(words)
-    )
-    return 0
+    code = rlrp_study.run_in_child(args, "relprop " + shlex.join(words))
+    if code == 130:
+        raise KeyboardInterrupt
+    return code
 
 
 # -- demo ------------------------------------------------------------------------------------------
