@@ -50,6 +50,8 @@ def test_report_and_figures_exist(quick_run: Path) -> None:
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (quick_run / name).is_file(), f"report links to a missing figure {name}"
     assert not list(quick_run.glob(".*.tmp")), "temporary files left behind"
+    # the residual-addition and stand-alone-BatchNorm diagnostics (resnet18 and a tiny DenseNet in --quick)
+    assert report.count("Diagnostic (not a method of the study)") == 2
 
 
 def test_tables_have_every_method_and_finite_numbers(quick_run: Path) -> None:
