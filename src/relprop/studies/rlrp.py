@@ -846,7 +846,7 @@ def _robustness_figure(results: dict[str, Any]) -> bytes:
 
     keys = list(results)
     panels = (("noise", "input noise"), ("wnoise", "weights × (1 ± 1e-3)"), ("nudge", "biases nudged to z ≈ 0"))
-    fig = Figure(figsize=(11, 6.6), dpi=80)
+    fig = Figure(figsize=(11, 6.9), dpi=80)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     width = 0.8 / len(keys)
@@ -864,8 +864,9 @@ def _robustness_figure(results: dict[str, Any]) -> bytes:
         ax.set_xticks(np.arange(len(MAIN_METHODS)))
         ax.set_xticklabels([m.short for m in MAIN_METHODS], fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
-    axes[0].legend(fontsize=7, ncol=len(keys), loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(keys), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _figure_png(fig, colors=64)
 
 
@@ -1417,8 +1418,8 @@ on LeNet-5).
 
 **Time.** One R-LRP explanation is one forward and one relevance pass plus a per-sample rescaling, like
 the other one-backward rules: on one thread it is within the spread of the classical rules at 224², and
-about 2× slower than LRP-0 on the tiny MNIST models (a fixed cost per layer). Single-image times are
-noisy (other jobs shared the machine); their ranks mean little.
+1.3× to 2× slower than LRP-0 on the tiny MNIST models (a fixed cost per layer; the ratio varied between
+our runs). Single-image times are noisy (other jobs shared the machine); their ranks mean little.
 
 **Caveats.** Four of the six models have random weights (no ImageNet weights can be downloaded here):
 their faithfulness numbers say how well a method tracks *that* random function, not anything about
