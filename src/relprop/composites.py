@@ -20,6 +20,8 @@ preset                         first layer        Conv        Linear       add /
 ``rlrp``                       Relative LRP everywhere (a ⊙ Wᵀ R), rescaled per step
 ``gradient``                   plain gradient (seed 1 on the target logit)
 ``gradient_x_input``           gradient times input
+``isnet``                      z^B [0, 1]         ε = 0.01    ε = 0.01 (LRP-0 on the last layer)
+``isnet_zplus``                z^B [0, 1]         z⁺          z⁺
 =============================  =================  ==========  ===========  ==================
 
 A single :class:`~relprop.rules.Rule` can be given wherever a composite is expected: it is used for
@@ -66,6 +68,7 @@ class Composite:
         layer_map: ``(matcher, rule)`` pairs tried in order for Linear/Conv/BatchNorm steps; a matcher
             is a module class, a tuple of classes, or a predicate on the :class:`~relprop.graph.Step`.
         first: rule for the first weighted layer (in execution order) of a type in ``first_types``.
+        last: rule for the last weighted layer (the classifier); ``first`` wins in a one-layer model.
         name_map: module path (glob patterns allowed, e.g. ``"features.*"``) to rule; wins over all.
         add, pool, activation, batchnorm: rules for additions, average pooling, activations and
             stand-alone (unfoldable) BatchNorm layers.
@@ -90,6 +93,7 @@ class Composite:
         *,
         first: Rule | None = None,
         first_types: tuple[type, ...] = WEIGHTED_TYPES,
+        last: Rule | None = None,
         name_map: Mapping[str, Rule] | None = None,
         add: Rule | None = None,
         pool: Rule | None = None,
@@ -107,6 +111,7 @@ class Composite:
         self.layer_map = list(layer_map)
         self.first = first
         self.first_types = first_types
+        self.last = last
         self.name_map = dict(name_map or {})
         self.add = add if add is not None else Norm()
         self.pool = pool if pool is not None else Norm()
@@ -137,6 +142,8 @@ class Composite:
         module = step.module
         if self.first is not None and step.first and isinstance(module, self.first_types):
             return self.first
+        if self.last is not None and step.last:
+            return self.last
         for matcher, rule in self.layer_map:
             if isinstance(matcher, (type, tuple)):
                 if isinstance(module, matcher):
@@ -237,6 +244,22 @@ def gradient_x_input() -> Composite:
     return c
 
 
+def isnet(epsilon: float = 0.01, low: float | Tensor = 0.0, high: float | Tensor = 1.0) -> Composite:
+    """The ISNet training rules: z^B with bounds [low, high] on the first layer, LRP-0 on the last
+    (classifier) layer, LRP-ε (stabiliser ε·sign(z)) on every other Linear/Conv layer."""
+    return Composite(
+        [(WEIGHTED_TYPES, Epsilon(epsilon))], first=ZBox(low, high), last=Zero(), add=Norm(1e-6),
+        pool=Norm(1e-6), name="isnet",
+    )  # fmt: skip
+
+
+def isnet_zplus(low: float | Tensor = 0.0, high: float | Tensor = 1.0) -> Composite:
+    """The second map of the dual ISNet: z^B [low, high] on the first layer, z⁺ on every other layer."""
+    return Composite(
+        [(WEIGHTED_TYPES, ZPlus())], first=ZBox(low, high), add=Norm(1e-6), pool=Norm(1e-6), name="isnet_zplus"
+    )
+
+
 PRESETS: dict[str, Callable[[], Composite]] = {
     "epsilon_plus_flat": epsilon_plus_flat,
     "epsilon_gamma_box": epsilon_gamma_box,
@@ -248,6 +271,8 @@ PRESETS: dict[str, Callable[[], Composite]] = {
     "gradient": gradient,
     "gradient_x_input": gradient_x_input,
     "rlrp": rlrp,
+    "isnet": isnet,
+    "isnet_zplus": isnet_zplus,
 }
 
 

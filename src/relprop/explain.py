@@ -91,6 +91,9 @@ class Explainer:
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
         self.graph = RelevanceGraph(model, leaf_modules)
+        self._set_composite(composite)
+
+    def _set_composite(self, composite: str | Composite | Rule) -> None:
         self.composite = resolve(composite)
         self.rules: dict[Step, Rule] = {}
         for step in self.graph.steps:
@@ -106,6 +109,14 @@ class Explainer:
             for s in self.graph.steps
             if s.kind == "activation" and s.inputs and self._neg_silent.get(s.inputs[0], False)
         }
+
+    def _with_composite(self, composite: str | Composite | Rule) -> Explainer:
+        """An explainer with another composite on the same traced graph, so that one forward
+        environment (see :meth:`_forward`) can feed relevance passes of both."""
+        other = object.__new__(Explainer)
+        other.model, other.graph = self.model, self.graph
+        other._set_composite(composite)
+        return other
 
     # -- public ----------------------------------------------------------------------------------
     def clear_cache(self) -> None:
@@ -177,7 +188,11 @@ class Explainer:
                     f"'{first.name}' ({type(module).__name__}) expects {cin}: shape (B, {cin}, {spatial})"
                 )
 
-    def _forward(self, x: Tensor) -> tuple[dict[Any, Any], Tensor]:
+    def _forward(self, x: Tensor, alias: set[Step] | None = None) -> tuple[dict[Any, Any], Tensor]:
+        """Run the model step by step; returns the environment (every step's value) and the logits.
+        ``alias``: the activations whose input may be replaced by their output (default: this
+        explainer's own; pass the intersection when several composites share the environment)."""
+        alias = self._relu_of_silent if alias is None else alias
         env: dict[Any, Any] = {}
         logits: Any = None
         for step in self.graph.steps:
@@ -201,7 +216,7 @@ class Explainer:
                     env[(step.node, "map")] = layer
                 else:
                     env[step.node] = step.call(env)
-                    if step in self._relu_of_silent:
+                    if step in alias:
                         # R vanishes where z <= 0, and equals where z > 0 (there a = z): every rule gives
                         # the same result from a = relu(z), so the pre-activation z need not be kept
                         env[step.inputs[0].node] = env[step.node]

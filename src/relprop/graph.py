@@ -166,6 +166,7 @@ class Step:
         inputs: steps whose tensor values this step reads (relevance flows back to them).
         call: computes this step's output from the fx environment.
         first: this is the first weighted (Linear/Conv) layer in execution order.
+        last: this is the last weighted (Linear/Conv) layer in execution order (usually the classifier).
         signs: for ``add`` steps, +1/-1 per input (``x - y`` gives (+1, -1)).
         pre: for steps with a folded BatchNorm, the fx node of the Linear/Conv output.
     """
@@ -178,6 +179,7 @@ class Step:
     inputs: list[Step] = field(default_factory=list)
     call: Callable[[dict[fx.Node, Any]], Any] | None = None
     first: bool = False
+    last: bool = False
     signs: tuple[float, ...] = ()
     pre: fx.Node | None = None
     custom: bool = False
@@ -289,6 +291,9 @@ class RelevanceGraph:
             self.by_node[step.node] = step
             if step.pre is not None:
                 self.by_node[step.pre] = step
+        weighted = [s for s in self.steps if s.kind == "linear" and isinstance(s.module, LINEAR_MODULES)]
+        if weighted:
+            weighted[-1].last = True
         outputs = [s for s in self.steps if s.kind == "output"]
         self.output = outputs[0]
         self.input = next(s for s in self.steps if s.kind == "input")
