@@ -10,8 +10,10 @@ from .loss import (
     prepare_mask,
     tune_c1_c2,
 )
+from .variants import VARIANTS, ISNetMaps, log_odds_gradient, maps_per_image, rrr_penalty, stochastic_classes
 
 __all__ = [
     "HeatmapLossConfig", "background_loss", "foreground_loss", "gwrp", "heatmap_loss", "isnet_loss",
-    "prepare_mask", "tune_c1_c2",
+    "prepare_mask", "tune_c1_c2", "VARIANTS", "ISNetMaps", "log_odds_gradient", "maps_per_image", "rrr_penalty",
+    "stochastic_classes",
 ]  # fmt: skip

@@ -173,7 +173,8 @@ def stochastic_classes(logits: Tensor, generator: torch.Generator | None = None)
 def log_odds_gradient(logits: Tensor, idx: Tensor, delta: float = 1e-7) -> Tensor:
     """∂η/∂z for η = log(p_c + δ) − log(1 − p_c + δ), p = softmax(z), c = ``idx`` per sample:
     (1/(p_c + δ) + 1/(1 − p_c + δ)) · p_c · (e_c − p). Differentiable (used inside the ISNet loss)."""
-    p = torch.softmax(logits.float(), 1).to(logits.dtype)
+    low_precision = logits.dtype in (torch.float16, torch.bfloat16)
+    p = torch.softmax(logits.float() if low_precision else logits, 1).to(logits.dtype)
     onehot = F.one_hot(idx, logits.shape[1]).to(logits.dtype)
     pc = (p * onehot).sum(1, keepdim=True)
     deta_dp = 1.0 / (pc + delta) + 1.0 / (1.0 - pc + delta)
