@@ -137,3 +137,20 @@ def test_state_dict_given_as_model_and_garbage_file(tmp_path) -> None:
         load_model(str(junk))
     with pytest.raises(ModelLoadError, match="junk.pt"):
         load_model("lenet5", str(junk))
+
+
+def test_build_model_specs_and_errors() -> None:
+    from relprop.models import DigitsCNN, build_model
+
+    m = build_model({"name": "digits_cnn", "num_classes": 7, "in_channels": 3, "width": 4})
+    assert isinstance(m, DigitsCNN)
+    assert m(torch.rand(2, 3, 40, 40)).shape == (2, 7)
+    assert build_model({"name": "resnet18", "num_classes": 3}).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    with pytest.raises(ModelLoadError, match="'name' key"):
+        build_model({"num_classes": 3})
+    with pytest.raises(ModelLoadError, match="depth"):
+        build_model({"name": "digits_cnn", "depth": 3})
+    with pytest.raises(ModelLoadError, match="unknown architecture"):
+        build_model({"name": "resnet9000"})
+    with pytest.raises(ValueError, match="width=0"):
+        DigitsCNN(width=0)

@@ -25,7 +25,10 @@ from torch import Tensor
 
 from .errors import RelpropError
 
-__all__ = ["LeNet5", "ModelLoadError", "load_advertorch_lenet5", "load_mnist_digits", "load_model"]
+__all__ = [
+    "BACKBONES", "DigitsCNN", "LeNet5", "ModelLoadError", "build_model", "load_advertorch_lenet5", "load_mnist_digits",
+    "load_model",
+]  # fmt: skip
 
 ADVERTORCH_FILES = {
     "clean": "mnist_lenet5_clntrained.pt",
@@ -121,6 +124,59 @@ def _load_state_dict(model: nn.Module, state: Any, path: str | os.PathLike[str])
 def _few(items: list[str], n: int = 4) -> str:
     shown = ", ".join(items[:n])
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+class DigitsCNN(nn.Module):
+    """A small CPU-sized classifier for digits-sized images (e.g. 1×40×40), with BatchNorm.
+
+    Three blocks Conv 3×3 (pad 1) + BatchNorm + ReLU (widths w, 2w, 4w), max-pool 2 after the first two,
+    average-pool to 5×5, then Linear(100·w → hidden) + ReLU + Linear(hidden → C). The flattened features
+    keep positions, so a plain classifier can learn a positional background shortcut.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, hidden: int = 128) -> None:
+        super().__init__()
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"DigitsCNN({name}={value!r}): must be a positive integer")
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(), nn.AdaptiveAvgPool2d(5),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(4 * w * 25, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+#: backbone names :func:`build_model` knows besides torchvision's architectures
+BACKBONES = ("digits_cnn", "lenet5")
+
+
+def build_model(spec: Mapping[str, Any]) -> nn.Module:
+    """A freshly initialised model from a JSON-safe spec, e.g. ``{"name": "digits_cnn", "num_classes": 10,
+    "in_channels": 1, "width": 16}`` or ``{"name": "resnet18", "num_classes": 2}`` (torchvision, no
+    download). Training checkpoints store this spec so that :func:`relprop.isnet.load_checkpoint` can
+    rebuild the model."""
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ModelLoadError(f"a model spec is a mapping with a 'name' key, got {spec!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    name = str(spec["name"]).strip().lower()
+    try:
+        if name == "digits_cnn":
+            return DigitsCNN(**kwargs)
+        if name == "lenet5":
+            return LeNet5(**kwargs)
+    except TypeError as exc:
+        raise ModelLoadError(f"model spec {dict(spec)!r}: {exc}") from exc
+    unknown = set(kwargs) - {"num_classes"}
+    if unknown:
+        raise ModelLoadError(f"model spec {dict(spec)!r}: torchvision models take only num_classes here")
+    return _torchvision_model(name, kwargs.get("num_classes"))
 
 
 def load_model(spec: str, weights: str | os.PathLike[str] | None = None, num_classes: int | None = None) -> nn.Module:
