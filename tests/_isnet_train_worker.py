@@ -1,0 +1,137 @@
+"""Tiny models and data for tests/test_isnet_training.py, and a script that runs training in a subprocess.
+
+python tests/_isnet_train_worker.py signal OUT_DIR METHOD EPOCHS MARKER_AFTER_ITEMS
+    trains a BatchNorm model with slow data; after MARKER_AFTER_ITEMS loaded items it writes
+    OUT_DIR/started, so that the test can send a signal mid-training; exit status 3 on TrainingInterrupted
+python tests/_isnet_train_worker.py ddp OUT_DIR STEPS
+    trains the model without BatchNorm on 2 CPU processes (strategy="ddp", gloo); every rank writes its
+    final parameters to OUT_DIR/params_rank{r}.pt
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+
+class BoxDataset(Dataset):
+    """``n`` random 16x16 images with a box mask; the class is encoded as a brighter foreground."""
+
+    def __init__(self, n: int = 64, classes: int = 3, size: int = 16, channels: int = 1, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, classes, (n,), generator=g)
+        self.images = torch.rand(n, channels, size, size, generator=g) * 0.5
+        self.masks = torch.zeros(n, 1, size, size)
+        self.masks[:, :, 4:12, 4:12] = 1.0
+        self.images += self.masks * (self.labels.float() / classes)[:, None, None, None] * 0.5
+        self.delay = 0.0
+        self.marker: Path | None = None
+        self.marker_after = 0
+        self.served = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.delay:
+            time.sleep(self.delay)
+        self.served += 1
+        if self.marker is not None and self.served == self.marker_after:
+            self.marker.write_text("started")
+        return self.images[i], self.masks[i], self.labels[i]
+
+
+def bn_model(seed: int = 0, classes: int = 3) -> nn.Module:
+    """Conv + BatchNorm + ReLU + Dropout + Linear."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(24, classes),
+    )
+
+
+def plain_model(seed: int = 0, classes: int = 3) -> nn.Module:
+    """Conv + ReLU + Linear, no BatchNorm (per-sample losses independent of the batch)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, classes),
+    )
+
+
+def build(spec: dict | None) -> nn.Module:
+    spec = spec or {}
+    return {"bn": bn_model, "plain": plain_model}[spec.get("arch", "bn")](seed=spec.get("init_seed", 99))
+
+
+def _signal_run(out_dir: str, method: str, epochs: str, marker_after: str) -> int:
+    from relprop.isnet.training import TrainConfig, TrainingInterrupted, fit
+
+    data = BoxDataset()
+    data.delay = 0.004
+    data.marker = Path(out_dir) / "started"
+    data.marker_after = int(marker_after)
+    config = TrainConfig(method=method, epochs=int(epochs), batch_size=16, seed=3)
+    try:
+        fit(bn_model(1), data, BoxDataset(16, seed=5), config, out_dir=out_dir, progress=False)
+    except TrainingInterrupted as exc:
+        print(f"INTERRUPTED {exc}", flush=True)
+        return 3
+    print("FINISHED", flush=True)
+    return 0
+
+
+def _ddp_run(out_dir: str, steps: str, strategy: str = "ddp") -> int:
+    from relprop.isnet.training import TrainConfig, fit
+
+    config = TrainConfig(method="selective", epochs=2, batch_size=8, seed=4)
+    result = fit(
+        plain_model(2),
+        BoxDataset(),
+        BoxDataset(20, seed=5),
+        config,
+        out_dir=out_dir,
+        progress=False,
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        max_steps=int(steps),
+    )
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    params = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+    torch.save(params, Path(out_dir) / f".params_rank{rank}.pt")
+    os.replace(Path(out_dir) / f".params_rank{rank}.pt", Path(out_dir) / f"params_rank{rank}.pt")
+    deadline = time.monotonic() + 120
+    while rank == 0 and not (Path(out_dir) / "params_rank1.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # rank 1 is rank 0's child: let it finish writing
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    mode, *args = sys.argv[1:]
+    status = {"signal": _signal_run, "ddp": _ddp_run}[mode](*args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # skip the interpreter's slow teardown of torch and Lightning
