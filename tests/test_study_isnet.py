@@ -1,0 +1,32 @@
+"""The ISNet reproduction study's pipeline on tiny sizes (numbers meaningless; structure and resumption)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from relprop.cli import main
+
+
+def test_quick_isnet_study_writes_report_and_reuses_finished_runs(tmp_path: Path, capsys) -> None:
+    out, work = tmp_path / "report", tmp_path / "work"
+    argv = ["study", "isnet", "--out", str(out), "--work", str(work), "--quick", "--jobs", "1",
+            "--seeds", "0", "1", "--methods", "plain", "stochastic", "--data-cache", str(tmp_path / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["aggregate"]) == {"plain", "stochastic"}
+    assert len(results["runs"]) == 4
+    for row in results["aggregate"].values():
+        for t in ("test_biased", "test_unbiased", "test_deceiving"):
+            acc = row[f"{t}/accuracy"]
+            assert len(acc["values"]) == 2 and all(0.0 <= v <= 1.0 for v in acc["values"])
+    report = (out / "report.md").read_text()
+    assert "| plain |" in report and "| stochastic |" in report
+    assert "relprop study isnet --out" in report
+    assert (out / "heatmaps_deceiving.png").is_file() and (out / "curves.png").is_file()
+    done = work / "stochastic-seed1" / "evaluation.json"
+    stamp = done.stat().st_mtime_ns
+    assert main(argv) == 0  # finished runs are reused, not retrained
+    assert done.stat().st_mtime_ns == stamp
+    assert main(argv[:-6] + ["--methods", "nonsense"]) == 2
+    assert "unknown method(s) nonsense" in capsys.readouterr().err
