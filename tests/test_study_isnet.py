@@ -10,8 +10,8 @@ from relprop.cli import main
 
 def test_quick_isnet_study_writes_report_and_reuses_finished_runs(tmp_path: Path, capsys) -> None:
     out, work = tmp_path / "report", tmp_path / "work"
-    argv = ["study", "isnet", "--out", str(out), "--work", str(work), "--quick", "--jobs", "1",
-            "--seeds", "0", "1", "--methods", "plain", "stochastic", "--data-cache", str(tmp_path / "cache")]  # fmt: skip
+    argv = ["study", "isnet", "--out", str(out), "--work", str(work), "--quick", "--jobs", "1", "--seeds", "0", "1",
+            "--methods", "plain", "stochastic", "--data-cache", str(tmp_path / "cache")]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["aggregate"]) == {"plain", "stochastic"}
