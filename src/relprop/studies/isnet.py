@@ -48,7 +48,7 @@ _COST = {"original": 10, "dual": 3, "selective": 2, "selective-label": 2, "stoch
 
 @dataclass(frozen=True)
 class StudySettings:
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 0.01
     P: float = 0.7
@@ -315,7 +315,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="M",
                    help=f"methods (default {' '.join(DEFAULT_METHODS)}; also: original, grad_input)")  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S", help="seeds (default 0 1 2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 8)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default 2)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; numbers not meaningful)")
     p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
