@@ -227,3 +227,17 @@ def test_rescale_branches_refuses_blocks_it_cannot_split() -> None:
 
     with pytest.raises(relprop.UnsupportedLayerError, match="rescale_branches.*itself"):
         relprop.Explainer(Twice(), relprop.composites.rlrp(skip="rescale_branches"))
+
+
+def test_rescale_branches_stays_finite_where_a_branch_cancels() -> None:
+    """Regression: on ResNet50 at 64² in float32 a branch's signed relevance sums to nearly zero, and its
+    rescaling factor share/total overflowed float32 (all-NaN maps). The factor's magnitude now goes into the
+    tracked log-scale. (The map itself is ill-conditioned there: float32 and float64 maps of this input can
+    disagree, because the branch total is a cancellation; the default skip="proportional" has no such split.)"""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    x = torch.rand(1, 3, 64, 64)
+    e = relprop.Explainer(model, relprop.composites.rlrp(skip="rescale_branches")).explain(x, 3)
+    assert torch.isfinite(e.relevance).all() and e.relevance.abs().max() == 1.0
+    assert e.log_scale is not None and torch.isfinite(e.log_scale).all()

@@ -313,7 +313,13 @@ class Explainer:
                 if fork is not None:  # a residual branch reaches its fork: rescale it to its share
                     share, in_log_s = shares.pop(fork)
                     total = r_in.flatten(1).sum(1)
-                    r_in = r_in * _per_sample(safe_divide(share, total), r_in)
+                    factor = safe_divide(share.double(), total.double())
+                    if in_log_s is None:
+                        r_in = r_in * _per_sample(factor.to(r_in.dtype), r_in)
+                    else:  # |factor| is huge where the branch's signed relevance cancels: keep it in the log-scale
+                        r_in = r_in * _per_sample(torch.sign(factor).to(r_in.dtype), r_in)
+                        magnitude = factor.abs()
+                        in_log_s = in_log_s + torch.log(torch.where(magnitude > 0, magnitude, 1.0))
                 prev = relevance.get(src)
                 if in_log_s is None:
                     relevance[src] = r_in if prev is None else _accumulate(prev, r_in)
