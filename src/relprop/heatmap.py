@@ -15,10 +15,9 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Literal, Union
+from typing import Literal, Union
 
 import numpy as np
 import torch
@@ -27,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from PIL import Image
+
+from ._io import atomic_write
 
 __all__ = ["heatmap_grid", "montage", "save_grid", "save_png", "to_heatmap", "to_image"]
 
@@ -213,7 +214,7 @@ def save_grid(path: str | os.PathLike[str], *args: object, **kwargs: object) -> 
     fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
     fig.clear()
     data = buf.getvalue()
-    return _atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def save_png(array: ArrayLike, path: str | os.PathLike[str]) -> Path:
@@ -231,33 +232,4 @@ def save_png(array: ArrayLike, path: str | os.PathLike[str]) -> Path:
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
         raise ValueError(f"save_png needs shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
     image = Image.fromarray(np.ascontiguousarray(a))
-    return _atomic_write(path, lambda f: image.save(f, format="PNG"))
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._io import atomic_torch_save
 
 __all__ = ["CacheWarning", "atomic_torch_save", "content_key", "default_cache_dir", "load_cached", "resolve_cache_dir"]
 
@@ -43,27 +44,6 @@ def content_key(payload: Mapping[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of ``payload`` (sorted keys, no whitespace)."""
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(blob.encode("ascii")).hexdigest()
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """:func:`torch.save` ``obj`` to ``path`` atomically (temporary file in the same folder, then
-    :func:`os.replace`); the temporary file is removed if anything fails."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
 
 
 def load_cached(path: str | os.PathLike[str]) -> Any | None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..heatmap import _atomic_write
+from .._io import atomic_write_json, atomic_write_text
 from .loss import HeatmapLossConfig
 
 TEST_SPLITS = ("test_biased", "test_unbiased", "test_deceiving")
@@ -34,8 +34,7 @@ class RunError(ValueError):
 
 def write_json(path: Path, data: Any) -> Path:
     """Write JSON atomically (temporary file + os.replace)."""
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return _atomic_write(path, lambda f: f.write(text.encode()))
+    return atomic_write_json(path, data, indent=2)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -258,7 +257,7 @@ def run_bias_demo(out: Path, *, quick: bool = False, progress: bool = True) -> d
         "![heatmaps](heatmaps.png)",
         "",
     ]
-    _atomic_write(out / "results.md", lambda f: f.write("\n".join(md).encode()))
+    atomic_write_text(out / "results.md", "\n".join(md))
     fig = heatmap_figure(
         models, splits["test_deceiving"], out / "heatmaps.png", class_names=splits["train"].class_names,
         title="deceiving test: LRP of the predicted class",

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..heatmap import _atomic_write
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 TEST_SPLITS = ("test_biased", "test_unbiased", "test_deceiving")
 #: method name in the study → (TrainConfig.method, selective_class)
@@ -63,8 +63,7 @@ QUICK = StudySettings(epochs=1, n_train=200, n_test=100, width=4)
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    text = json.dumps(data, indent=1) + "\n"
-    return _atomic_write(path, lambda f: f.write(text.encode()))
+    return atomic_write_json(path, data)
 
 
 def _data_config(s: StudySettings) -> Any:
@@ -195,7 +194,7 @@ def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    _atomic_write(out / "curves.png", lambda f: f.write(buf.getvalue()))
+    atomic_write_bytes(out / "curves.png", buf.getvalue())
     names.append("curves.png")
     return names
 
@@ -286,7 +285,7 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
         "folder are reused, so a regenerated report can take less).",
         "",
     ]
-    _atomic_write(out / "report.md", lambda f: f.write("\n".join(lines).encode()))
+    atomic_write_text(out / "report.md", "\n".join(lines))
 
 
 def _discussion(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -29,7 +29,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .. import metrics
+from .._io import atomic_write_bytes
 from ..composites import (
     WEIGHTED_TYPES,
     Composite,
@@ -322,7 +322,7 @@ def train_simple_cnn(settings: TrainSettings, cache: Path | None) -> tuple[Simpl
         "cached": 0.0,
     }
     if path is not None:
-        _atomic_write_bytes(path, _torch_bytes({"state_dict": model.state_dict(), "info": info}))
+        atomic_write_bytes(path, _torch_bytes({"state_dict": model.state_dict(), "info": info}))
     return model, info
 
 
@@ -1336,7 +1336,7 @@ def write_report(out: Path, ctx: dict[str, Any]) -> None:
     add("## Discussion\n")
     add(DISCUSSION)
     text = "\n".join(L) + "\n"
-    _atomic_write_bytes(out / "report.md", text.encode())
+    atomic_write_bytes(out / "report.md", text.encode())
 
 
 DISCUSSION = """\
@@ -1435,25 +1435,6 @@ def _torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _json_safe(obj: Any) -> Any:
@@ -1631,7 +1612,7 @@ def _run(out: Path, cfg: Config, cache: Path | None, command: str | None, start:
     finally:
         bar.close()
     for name, data in files.items():
-        _atomic_write_bytes(out / name, data)
+        atomic_write_bytes(out / name, data)
     wall = time.perf_counter() - start
     payload = {
         "command": command,
@@ -1642,7 +1623,7 @@ def _run(out: Path, cfg: Config, cache: Path | None, command: str | None, start:
         "models": results,
         "full_size": full,
     }
-    _atomic_write_bytes(out / "results.json", json.dumps(_json_safe(payload), indent=1).encode())
+    atomic_write_bytes(out / "results.json", json.dumps(_json_safe(payload), indent=1).encode())
     ctx = {
         "results": results,
         "full": full,
