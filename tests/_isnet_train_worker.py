@@ -102,21 +102,23 @@ def _signal_run(out_dir: str, method: str, epochs: str, marker_after: str) -> in
 
 
 def _ddp_run(out_dir: str, steps: str, strategy: str = "ddp") -> int:
+    """Two fits on the same 2 processes: 3 steps (mid-epoch 0), then resumed from last.ckpt up to ``steps``."""
     from relprop.isnet.training import TrainConfig, fit
 
     config = TrainConfig(method="selective", epochs=2, batch_size=8, seed=4)
-    result = fit(
-        plain_model(2),
-        BoxDataset(),
-        BoxDataset(20, seed=5),
-        config,
-        out_dir=out_dir,
-        progress=False,
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy,
-        max_steps=int(steps),
-    )
+    for max_steps, model_seed in ((3, 2), (int(steps), 9)):
+        result = fit(
+            plain_model(model_seed),
+            BoxDataset(),
+            BoxDataset(20, seed=5),
+            config,
+            out_dir=out_dir,
+            progress=False,
+            accelerator="cpu",
+            devices=2,
+            strategy=strategy,
+            max_steps=max_steps,
+        )
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     params = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
     torch.save(params, Path(out_dir) / f".params_rank{rank}.pt")

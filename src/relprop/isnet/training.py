@@ -441,6 +441,16 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
+def _clone_tensors(data: Any) -> Any:
+    if isinstance(data, Tensor):
+        return data.clone()
+    if isinstance(data, Mapping):
+        return {k: _clone_tensors(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(_clone_tensors(v) for v in data)
+    return data
+
+
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -594,7 +604,9 @@ class ISNetModule(L.LightningModule):
         self._step = run.start_step
         self._saved_step = run.start_step if run.optimizer_state is not None else -1
         if run.optimizer_state is not None:
-            self.trainer.optimizers[0].load_state_dict(run.optimizer_state)
+            # cloned: with ddp_spawn on CPU every tensor handed to the processes lives in shared memory, and
+            # two processes updating one momentum buffer in place would corrupt it
+            self.trainer.optimizers[0].load_state_dict(_clone_tensors(run.optimizer_state))
         if run.rng is not None:
             _set_rng_state(run.rng)
         else:
