@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
@@ -861,6 +862,17 @@ class ISNetModule(L.LightningModule):
 # -- fit -------------------------------------------------------------------------------------------------------
 
 
+class _ProgressBar(TQDMProgressBar):
+    """Lightning's bar, labelled with the run's own epoch ("Epoch 3/10") also after resuming."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        module = trainer.lightning_module
+        if isinstance(module, ISNetModule) and module._run is not None:
+            epoch = module._run.start_epoch + trainer.current_epoch
+            self.train_progress_bar.set_description(f"Epoch {epoch + 1}/{module.config.epochs}")
+
+
 @dataclass
 class TrainResult:
     """What :func:`fit` returns.
@@ -982,6 +994,7 @@ def fit(
                 limit_val_batches=None if val is not None else 0,
                 default_root_dir=out,
                 plugins=[_AtomicCheckpointIO()],
+                callbacks=[_ProgressBar()] if progress else None,
             )
             trainer.fit(module)
     finally:
