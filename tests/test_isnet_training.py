@@ -282,6 +282,10 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
     torch.save({"state_dict": plain_model(0).state_dict()}, foreign)
     with pytest.raises(CheckpointError, match="no relprop metadata"):
         load_checkpoint(foreign, build)
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "relprop": {"config": {}}, "object": _Pairs(1)}, pickled)
+    with pytest.raises(CheckpointError, match="objects other than tensors.*_Pairs"):
+        load_checkpoint(pickled, build)
 
 
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.*is deprecated")  # Lightning 2.6 internals on torch 2.14

@@ -459,6 +459,12 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        found = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        if found:
+            raise CheckpointError(
+                f"{path} holds Python objects other than tensors and plain containers, which relprop does not "
+                f"unpickle (torch.load(weights_only=True)): {found[0]}"
+            ) from exc
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {exc}") from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise CheckpointError(f"{path} is not a Lightning checkpoint: it has no 'state_dict'")
@@ -484,7 +490,8 @@ def load_checkpoint(
     path: str | Path, build: Callable[[Mapping[str, Any]], nn.Module]
 ) -> tuple[nn.Module, TrainConfig, dict[str, Any] | None]:
     """``(model, config, model_spec)`` from a checkpoint written by :func:`fit` or :class:`ISNetModule`:
-    the model is ``build(model_spec)`` with the trained weights loaded (strictly).
+    the model is ``build(model_spec)`` (``model_spec`` None if the run had none) with the trained weights
+    loaded strictly, in the mode ``build`` left it in.
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` for an unreadable one or one
     without relprop metadata."""
