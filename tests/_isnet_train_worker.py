@@ -85,20 +85,24 @@ def build(spec: dict | None) -> nn.Module:
 
 
 def _signal_run(out_dir: str, method: str, epochs: str, marker_after: str) -> int:
+    """Two trainings in turn, in OUT_DIR/SIGTERM and OUT_DIR/SIGINT, each expecting to be interrupted."""
     from relprop.isnet.training import TrainConfig, TrainingInterrupted, fit
 
-    data = BoxDataset()
-    data.delay = 0.004
-    data.marker = Path(out_dir) / "started"
-    data.marker_after = int(marker_after)
-    config = TrainConfig(method=method, epochs=int(epochs), batch_size=16, seed=3)
-    try:
-        fit(bn_model(1), data, BoxDataset(16, seed=5), config, out_dir=out_dir, progress=False)
-    except TrainingInterrupted as exc:
-        print(f"INTERRUPTED {exc}", flush=True)
-        return 3
-    print("FINISHED", flush=True)
-    return 0
+    interrupted = 0
+    for name in ("SIGTERM", "SIGINT"):
+        out = Path(out_dir) / name
+        data = BoxDataset()
+        data.delay = 0.004
+        data.marker = out / "started"
+        data.marker_after = int(marker_after)
+        config = TrainConfig(method=method, epochs=int(epochs), batch_size=16, seed=3)
+        try:
+            fit(bn_model(1), data, BoxDataset(16, seed=5), config, out_dir=out, progress=False)
+            print(f"FINISHED {name} run", flush=True)
+        except TrainingInterrupted as exc:
+            print(f"INTERRUPTED {exc}", flush=True)
+            interrupted += 1
+    return 3 if interrupted == 2 else 1
 
 
 def _ddp_run(out_dir: str, steps: str, strategy: str = "ddp") -> int:

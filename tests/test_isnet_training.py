@@ -327,29 +327,26 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Non
 
 
 def test_sigterm_and_sigint_write_a_checkpoint_and_resume_exactly(tmp_path: Path) -> None:
-    """Both workers run at once; each gets its signal in epoch 1 (after 100 loaded items: 64 train + 16 val
-    in epoch 0), finishes the step, writes last.ckpt and exits with TrainingInterrupted; resuming here gives
-    the parameters of an uninterrupted run."""
+    """A worker process trains twice; each run gets its signal in epoch 1 (after 100 loaded items: 64 train +
+    16 val in epoch 0), finishes the step, writes last.ckpt and ends in TrainingInterrupted with the previous
+    handlers back (the second run gets the second signal); resuming here gives the uninterrupted parameters."""
     epochs = 12
-    procs = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        out = tmp_path / sig.name
-        out.mkdir()
-        cmd = [sys.executable, str(WORKER), "signal", str(out), "stochastic", str(epochs), "100"]
-        procs[sig] = (out, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    cmd = [sys.executable, str(WORKER), "signal", str(tmp_path), "stochastic", str(epochs), "100"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     config = TrainConfig(method="stochastic", epochs=epochs, batch_size=16, seed=3)
     train, val = BoxDataset(), BoxDataset(16, seed=5)
     reference = fit(bn_model(1), train, val, config, out_dir=tmp_path / "reference", progress=False)
-    for sig, (out, proc) in procs.items():
-        _wait_for(out / "started", proc)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        _wait_for(tmp_path / sig.name / "started", proc)
         proc.send_signal(sig)
-    for sig, (out, proc) in procs.items():
-        output, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 3, output
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, output
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / sig.name
         assert f"interrupted by {sig.name}" in output
         doc = json.loads((out / "metrics.json").read_text())
         assert doc["finished"] is False and doc["interrupted"] == sig.name and 1 <= len(doc["history"]) < epochs
-        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "metrics.json", "started"]
         resumed = fit(bn_model(8), train, val, config, out_dir=out, progress=False)
         _assert_same(_state(resumed.model), _state(reference.model))
         assert _no_time(resumed.history) == _no_time(reference.history)
