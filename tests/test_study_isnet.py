@@ -20,7 +20,10 @@ def test_quick_isnet_study_writes_report_and_reuses_finished_runs(tmp_path: Path
         for t in ("test_biased", "test_unbiased", "test_deceiving"):
             acc = row[f"{t}/accuracy"]
             assert len(acc["values"]) == 2 and all(0.0 <= v <= 1.0 for v in acc["values"])
+    diag = results["runs"][0]["diagnostics"]
+    assert {"logit_gain", "lrp_ratio", "grad_x_input_ratio"} <= set(diag) and diag["n"] == 100
     report = (out / "report.md").read_text()
+    assert "Does the heatmap show what the square does?" in report
     assert "| plain |" in report and "| stochastic |" in report
     assert "relprop study isnet --out" in report
     assert (out / "heatmaps_deceiving.png").is_file() and (out / "curves.png").is_file()

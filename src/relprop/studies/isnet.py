@@ -86,7 +86,13 @@ def run_one(job: tuple[str, int, StudySettings, str, str]) -> dict[str, Any]:
     run_dir = Path(work) / f"{method}-seed{seed}"
     done = run_dir / "evaluation.json"
     if done.is_file():
-        return dict(json.loads(done.read_text()))
+        record = dict(json.loads(done.read_text()))
+        if "diagnostics" not in record:  # runs from before the diagnostics existed
+            splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
+            model = _load(run_dir)
+            record["diagnostics"] = diagnose(model, splits, _data_config(s))
+            _write_json(done, record)
+        return record
     splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
     kind, selective_class = METHODS[method]
     config = TrainConfig(
@@ -100,13 +106,47 @@ def run_one(job: tuple[str, int, StudySettings, str, str]) -> dict[str, Any]:
     result = fit(model, splits["train"], splits["val"], config, out_dir=run_dir, progress=False, model_spec=spec)
     seconds = time.perf_counter() - start
     metrics = evaluate(model.eval(), {t: splits[t] for t in TEST_SPLITS}, progress=False)
+    diagnostics = diagnose(model, splits, _data_config(s))
     record = {
         "method": method, "seed": seed, "config": config.to_dict(), "model_spec": spec, "tests": metrics,
-        "history": result.history, "seconds": seconds,
+        "history": result.history, "seconds": seconds, "diagnostics": diagnostics,
         "seconds_per_epoch": statistics.median([h["seconds"] for h in result.history if h.get("seconds")] or [seconds]),
     }  # fmt: skip
     _write_json(done, record)
     return record
+
+
+def diagnose(model: torch.nn.Module, splits: Mapping[str, Any], data: Any, n: int = 500) -> dict[str, float]:
+    """How much of the square's effect do the heatmaps show? On ``n`` deceiving test images: the rise of the
+    square's class logit caused by the square (deceiving image minus the same digit without it), the
+    relevance inside the square for that logit (LRP with the ISNet rules, and Gradient×Input), and their
+    ratio (1: the heatmap accounts for the whole effect; 0: the effect is invisible in the heatmap)."""
+    from ..data.digits import artefact_positions
+    from ..explain import Explainer
+    from ..isnet.evaluation import background_share
+
+    dec, unb = splits["test_deceiving"], splits["test_unbiased"]
+    if dec.artefact_classes is None:
+        return {}
+    k = min(n, len(dec))
+    x, xu, mask, art = dec.images[:k], unb.images[:k], dec.masks[:k], dec.artefact_classes[:k]
+    size = data.artefact
+    pos = artefact_positions(data.canvas, size, data.margin)
+    box = torch.zeros_like(mask)
+    for i, c in enumerate(art.tolist()):
+        r0, c0 = pos[c]
+        box[i, :, r0 : r0 + size, c0 : c0 + size] = 1
+    model.eval()
+    with torch.no_grad():
+        gain = (model(x) - model(xu)).gather(1, art[:, None]).squeeze(1)
+    out: dict[str, float] = {"logit_gain": float(gain.median()), "n": float(k)}
+    for name, composite in (("lrp", "isnet"), ("grad_x_input", "gradient_x_input")):
+        e = Explainer(model, composite).explain(x, art)
+        in_square = (e.relevance * box).flatten(1).sum(1)
+        out[f"{name}_in_square"] = float(in_square.median())
+        out[f"{name}_ratio"] = float((in_square / gain.clamp_min(1e-6)).median())
+        out[f"{name}_bg_share"] = float(background_share(e.relevance, mask).mean())
+    return out
 
 
 def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
@@ -132,6 +172,9 @@ def aggregate(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> d
                 m, sd = _mean_spread(vals)
                 row[f"{t}/{key}"] = {"mean": m, "std": sd, "values": vals}
         row["seconds_per_epoch"] = statistics.fmean(r["seconds_per_epoch"] for r in rs)
+        diags = [r["diagnostics"] for r in rs if r.get("diagnostics")]
+        if diags:
+            row["diagnostics"] = {k: statistics.fmean(d[k] for d in diags) for k in diags[0] if k != "n"}
         out[method] = row
     return out
 
@@ -277,6 +320,7 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
         *_table(agg),
         "",
     ]
+    lines += _diagnostics_table(agg)
     lines += _discussion(agg)
     for name in figures:
         lines += [f"![{name}]({name})", ""]
@@ -286,6 +330,28 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
         "",
     ]
     atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def _diagnostics_table(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    if not any("diagnostics" in row for row in agg.values()):
+        return []
+    lines = [
+        "### Does the heatmap show what the square does?",
+        "",
+        "On 500 deceiving test images: how much the square raises its own class's logit (deceiving image minus "
+        "the same digit without the square, median), and the relevance the heatmap puts inside the square for "
+        "that logit, as a fraction of that rise (median; 1 = the heatmap accounts for the whole effect, "
+        "0 = the effect is invisible). Means over seeds.",
+        "",
+        "| method | logit rise from the square | LRP (ISNet rules) in square / rise "
+        "| Gradient×Input in square / rise |",
+        "|---|---|---|---|",
+    ]
+    for method, row in agg.items():
+        d = row.get("diagnostics")
+        if d:
+            lines.append(f"| {method} | {d['logit_gain']:.2f} | {d['lrp_ratio']:.2f} | {d['grad_x_input_ratio']:.2f} |")
+    return lines + [""]
 
 
 def _discussion(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
