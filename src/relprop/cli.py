@@ -74,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Explain one image file or every image under a folder (recursively; "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Each image is resized (shorter side to --size) and "
             "centre-cropped to a square, explained, and written as OUT/<name>_heatmap.png (sub-folders are "
-            "mirrored). Red is positive relevance (evidence for the target class), blue negative.",
+            "mirrored). Red is positive relevance (evidence for the target class), blue negative. Images stream "
+            "through in batches; each batch's files are written as soon as it is done and recorded in "
+            "OUT/manifest.jsonl (one JSON line per image: image, status, heatmap, raw, predicted, target, "
+            "relevance_sum, source size and mtime), the options in OUT/explain.json. Running the same command "
+            "again resumes: images whose outputs are recorded and present are skipped, and unreadable images are "
+            "not retried until the file changes. Other options on the same OUT are an error (--overwrite redoes "
+            "everything). Ctrl-C or SIGTERM finishes the current batch's writes and exits with status 130.",
             width=78,
         ),
         epilog=(
@@ -85,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Security: a full model file is unpickled (torch.load with weights_only=False) and can run "
             "code;\nonly load files you trust. A state_dict given with --weights is loaded safely.\n\n"
             "Exit status: 0 success; 2 usage error or bad input (unreadable images in a folder are reported\n"
-            "one by one, the readable ones are still explained)."
+            "one by one, the readable ones are still explained); 130 interrupted (run it again to resume)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -127,8 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--overlay", action="store_true", help="blend the heatmap over the (greyscale) input image")
     ex.add_argument(
-        "--batch-size", type=int, default=8, metavar="B", help="images per forward/backward pass (default 8)"
+        "--batch-size",
+        type=int,
+        default=8,
+        metavar="B",
+        help="images per forward/backward pass (default 8); resume with the same B for bit-identical results",
     )
+    ex.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes that load and resize images while the model runs (default 0: the main process)",
+    )
+    ex.add_argument(
+        "--save-raw",
+        action="store_true",
+        help="also write the raw relevance as OUT/<name>_relevance.npy (float32, shape C×H×W)",
+    )
+    ex.add_argument("--overwrite", action="store_true", help="explain every image again, discarding what OUT recorded")
     from .studies import rlrp as rlrp_study
 
     study = sub.add_parser(
@@ -205,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, RelpropError, FileNotFoundError, ValueError, OSError, ModuleNotFoundError) as exc:
         print(f"relprop: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("relprop: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # TrainingInterrupted says where the checkpoint is and how to resume
+        print(f"relprop: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
 
 
@@ -347,7 +370,6 @@ def _output_paths(images: list[Path], root: Path | None, out: Path) -> list[Path
 
 def run_explain(args: argparse.Namespace) -> int:
     """``relprop explain``: see the sub-command's help."""
-    from .heatmap import save_png, to_heatmap
     from .models import LeNet5, load_model
 
     start = time.perf_counter()
@@ -364,6 +386,8 @@ def run_explain(args: argparse.Namespace) -> int:
         images, root = [src], None
     if args.batch_size < 1:
         raise CLIError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.workers < 0:
+        raise CLIError(f"--workers {args.workers}: must be at least 0")
     target: int | str = args.target
     if args.target != "predicted":
         try:
@@ -399,38 +423,56 @@ def run_explain(args: argparse.Namespace) -> int:
         composite = resolve(args.composite)
     explainer = Explainer(model, composite)
 
-    outputs = _output_paths(images, root, out)
-    bad: list[str] = []
-    written = 0
-    bar = _progress(len(images), "explaining", "img", disable=root is None)
-    for first in range(0, len(images), args.batch_size):
-        batch, dests, pixels = [], [], []
-        for path, dest in zip(images[first : first + args.batch_size], outputs[first : first + args.batch_size]):
-            try:
-                pixels.append(load_image(path, size, "L" if channels == 1 else "RGB"))
-            except CLIError as exc:
-                if root is None:
-                    raise
-                bad.append(str(path))
-                bar.write(f"relprop: error: {exc}", file=sys.stderr)  # above the progress bar
-                continue
-            batch.append(path)
-            dests.append(dest)
-        if batch:
-            x01 = torch.from_numpy(np.stack(pixels))
-            relevance = explainer.explain((x01 - mean) / std, target).relevance
-            for r, image, dest in zip(relevance, x01, dests):
-                save_png(to_heatmap(r, overlay=image if args.overlay else None), dest)
-                written += 1
-        bar.update(min(args.batch_size, len(images) - first))
-    bar.close()
-    elapsed = time.perf_counter() - start
-    summary = (
-        f"wrote {written} heatmap{'s' if written != 1 else ''} to {out} ({args.model}, {args.composite}, "
-        f"target {target}, {size}×{size}, normalize {norm}) in {elapsed:.1f} s"
+    from .explain_folder import Job, explain_images, options_fingerprint
+
+    fingerprint = options_fingerprint(
+        model=args.model, weights=args.weights, num_classes=args.num_classes, composite=args.composite,
+        target=target, size=size, normalize=norm, overlay=args.overlay, save_raw=args.save_raw,
+    )  # fmt: skip
+    job = Job(
+        images=images,
+        outputs=_output_paths(images, root, out),
+        out=out,
+        explainer=explainer,
+        mean=mean,
+        std=std,
+        size=size,
+        mode="L" if channels == 1 else "RGB",
+        target=target,
+        fingerprint=fingerprint,
+        overlay=args.overlay,
+        save_raw=args.save_raw,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=root is not None,
+        raise_unreadable=root is None,  # a single file: its error is the command's error
     )
+    done = explain_images(job)
+    if done.interrupted:
+        print(
+            f"relprop: interrupted by {done.interrupted}: {done.done} of {done.total} images done; run the same "
+            f"command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if done.unreadable_before:
+        print(
+            f"relprop: error: {done.unreadable_before} unreadable file{'s' if done.unreadable_before != 1 else ''} "
+            f"recorded by an earlier run skipped (listed in {out / 'manifest.jsonl'}; retried once changed or "
+            "with --overwrite)",
+            file=sys.stderr,
+        )
+    elapsed = time.perf_counter() - start
+    n, bad = done.written, len(done.unreadable) + done.unreadable_before
+    summary = (
+        f"wrote {n} heatmap{'s' if n != 1 else ''}{' and .npy relevance' if args.save_raw else ''} to {out} "
+        f"({args.model}, {args.composite}, target {target}, {size}×{size}, normalize {norm}) in {elapsed:.1f} s"
+    )
+    if done.skipped:
+        summary += f"; {done.skipped} done before (skipped)"
     if bad:
-        summary += f"; {len(bad)} unreadable file{'s' if len(bad) != 1 else ''}"
+        summary += f"; {bad} unreadable file{'s' if bad != 1 else ''}"
     print(summary)
     return 2 if bad else 0
 

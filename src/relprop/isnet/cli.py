@@ -79,7 +79,7 @@ def run_train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
     """``relprop train``: train one model on biased digits, write the run folder, print the test table."""
     from ..data import biased_digits
     from ..models import build_model
-    from .training import TrainConfig, fit
+    from .training import TrainConfig, TrainingInterrupted, fit
 
     if args.threads is not None:
         if args.threads < 1:
@@ -109,10 +109,16 @@ def run_train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
     torch.manual_seed(args.seed)
     model = build_model(spec)
     start = time.perf_counter()
-    result = fit(
-        model, splits["train"], splits["val"], config, out_dir=out, resume=not args.no_resume,
-        progress=not args.quiet, model_spec=spec,
-    )  # fmt: skip
+    try:
+        result = fit(
+            model, splits["train"], splits["val"], config, out_dir=out, resume=not args.no_resume,
+            progress=not args.quiet, model_spec=spec,
+        )  # fmt: skip
+    except TrainingInterrupted as exc:
+        raise KeyboardInterrupt(
+            f"stopped in epoch {exc.epoch} after {exc.step} steps; {exc.checkpoint} is up to date: run the same "
+            "command again to resume"
+        ) from exc
     last = result.history[-1] if result.history else {}
     print(
         f"trained {args.method} for {len(result.history)} epochs in {time.perf_counter() - start:.0f} s; "
