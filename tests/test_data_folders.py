@@ -424,3 +424,19 @@ def test_worker_errors_keep_the_file_name(folder: Path) -> None:
     loader = DataLoader(MaskedImageFolder(folder, size=8), batch_size=2, num_workers=1)
     with pytest.raises(DataError, match="p1.png: unreadable image"):
         list(loader)
+
+
+def test_relprop_check_data_command(tmp_path, capsys) -> None:
+    from relprop.cli import main
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "masks" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a" / "x.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a" / "y.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "masks" / "a" / "x.png")
+    assert main(["check-data", str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    assert "y.png: no mask" in out.out + out.err
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / "a" / "y.png")
+    assert main(["check-data", str(tmp_path)]) == 0
+    assert "no problems" in capsys.readouterr().out

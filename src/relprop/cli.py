@@ -203,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     isnet_cli.add_evaluate_arguments(evaluate)
+
+    from .data import folders
+
+    check = sub.add_parser(
+        "check-data",
+        help="list every problem in an image + mask data set (missing masks, size mismatches, ...) without training",
+        description=textwrap.fill(
+            "Open every image and mask of a data set laid out as ROOT/<class>/<image> with masks in "
+            "ROOT/masks/<class>/<stem>.<ext>, or listed in a CSV (image, mask, label[, source]), and print each "
+            "problem with its file: missing mask, unreadable file, image/mask size mismatch, non-binary mask, "
+            "empty class folder, unknown label, duplicate entry. Exit status 0: no problems; 1: problems found.",
+            width=78,
+        ),
+    )
+    folders.add_check_arguments(check)
     return parser
 
 
@@ -220,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         if args.command == "study":
             return run_study(args, argv)
+        if args.command == "check-data":
+            from .data import folders
+
+            return folders.run_check(args)
         if args.command in ("train", "evaluate"):
             from .isnet import cli as isnet_cli
 
