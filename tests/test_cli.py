@@ -190,7 +190,9 @@ def test_output_folder_inside_input_is_not_explained_again(workspace, capsys) ->
     out = w["images"] / "heatmaps"
     argv = ["explain", w["images"], "--model", w["model"], "--size", SIZE, "--out", out]
     assert _run(capsys, *argv)[0] == 0
-    code, stdout, _ = _run(capsys, *argv)
+    code, stdout, _ = _run(capsys, *argv)  # resumes: nothing left to do
+    assert code == 0 and stdout.startswith("wrote 0 heatmaps") and "3 done before (skipped)" in stdout
+    code, stdout, _ = _run(capsys, *argv, "--overwrite")
     assert code == 0 and stdout.startswith("wrote 3 heatmaps")
     assert len(list(out.rglob("*.png"))) == 3
 
