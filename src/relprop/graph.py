@@ -700,8 +700,9 @@ def _bn_affine(bn: nn.Module, pre: Tensor | None) -> tuple[Tensor, Tensor]:
         assert pre is not None
         dims = [0] + list(range(2, pre.dim()))
         p = pre.detach()
-        mean = p.mean(dims)
-        var = p.var(dims, unbiased=False)
+        mean = p.mean(dims, keepdim=True)
+        var = (p - mean).square().mean(dims)  # two passes: torch's var over (0, 2, 3) is ~7x slower on CPU
+        mean = mean.flatten()
     else:
         mean, var = bn.running_mean, bn.running_var
     inv = torch.rsqrt(var + bn.eps)
