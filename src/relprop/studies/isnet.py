@@ -361,7 +361,12 @@ def _discussion(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
         b = row["test_biased/accuracy"]["mean"] * 100
         d = row["test_deceiving/accuracy"]["mean"] * 100
         u = row["test_unbiased/accuracy"]["mean"] * 100
-        verdict = "collapses" if d < b - 30 else ("holds within 5 points" if d >= b - 5 else "loses ground")
+        if d < 30:
+            verdict = "collapses on the deceiving test"
+        elif d >= b - 5:
+            verdict = "holds (within 5 points of its biased accuracy)"
+        else:
+            verdict = f"still partly follows the square ({b - d:.1f} points lost on the deceiving test)"
         lines.append(f"- **{method}**: biased {b:.1f} %, unbiased {u:.1f} %, deceiving {d:.1f} % → {verdict}.")
     lines.append("")
     return lines
