@@ -224,11 +224,14 @@ def test_bias_demo_style_results_folder(tmp_path: Path) -> None:
     folder = tmp_path / "bias"
     folder.mkdir()
     _write(folder / "results.json", [1, 2])
+    (folder / "notes.md").write_text("Notes *here*.")
     (folder / "results.md").write_text("# Title\n\n```\nmodel  accuracy\n```\n\n![heatmaps](heatmaps.png)\n")
     _png(folder / "heatmaps.png")
     page = render_report([folder], tmp_path / "r.html").read_text()
     assert '<section id="heatmaps">' not in page and len(_decoded_pngs(_section(page, "documents"))) == 1
-    assert "<pre>model  accuracy</pre>" in page and "No evaluation results" in page
+    assert "<pre>model  accuracy</pre>" in page
+    assert page.index("bias: results.md") < page.index("bias: notes.md") and "<em>here</em>" in page
+    assert '<section id="metrics">' not in page and '<section id="curves">' not in page  # no runs, no evaluation
 
 
 def test_real_training_run(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ after ``relprop evaluate``, ``evaluation.json`` and ``heatmaps.png``. A *results
 ``results.json``, ``evaluation.json``, ``report.md``/``results.md`` and PNG figures (a study's or
 ``relprop evaluate --out``'s output). :func:`render_report` writes one HTML file with every image
 embedded as a base64 data URI: a summary, a metrics table, training curves, heatmap grids, other
-figures, the folders' markdown (a small subset: headings, paragraphs, lists, tables, code, images)
+figures, the folders' markdown files (a small subset: headings, paragraphs, lists, tables, code, images)
 and the configurations. The page needs no network and no other file.
 
 A short inline script records on page load whether every image decoded and how many rows each table
@@ -110,7 +110,8 @@ def _load_folder(path: Path) -> _Folder:
             raise ReportError(f"{path / 'metrics.json'}: 'history' must be a list of per-epoch objects")
     if folder.evaluation is not None and not all(isinstance(v, Mapping) for v in folder.evaluation.values()):
         raise ReportError(f"{path / 'evaluation.json'}: expected {{label: {{split: {{accuracy, ...}}}}}}")
-    for name in MARKDOWN_FILES:
+    others = sorted(p.name for p in path.glob("*.md") if p.name not in MARKDOWN_FILES)
+    for name in (*MARKDOWN_FILES, *others):
         md = path / name
         if md.is_file():
             try:
@@ -388,7 +389,7 @@ def _metrics(folders: Sequence[_Folder]) -> str:
                 cells += [_fmt(res.get("accuracy")), _fmt(res.get("background_share"))]
             rows.append(cells)
     if not rows:
-        return '<p class="note">No evaluation results and no training runs.</p>'
+        return ""
     head_html = (
         '<tr><th rowspan="2">folder</th><th rowspan="2">model</th><th rowspan="2">val accuracy<br>(last epoch)</th>'
         + "".join(f'<th colspan="2">{_e(s.removeprefix("test_"))}</th>' for s in splits)
@@ -438,6 +439,8 @@ def _curves_png(folders: Sequence[_Folder]) -> bytes | None:
 
 
 def _curves(folders: Sequence[_Folder]) -> str:
+    if not any(f.is_run for f in folders):
+        return ""
     png = _curves_png(folders)
     if png is None:
         return '<p class="note">No training history (no run folder with metrics.json).</p>'
