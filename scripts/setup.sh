@@ -14,3 +14,12 @@ $PIP install -q --disable-pip-version-check -e ".[dev]"
 # zennit is our reference for classical rules (tests and benchmarks only, LGPL, never vendored).
 # 1.0.0 declares python<3.11, hence --ignore-requires-python; its dependencies are installed above.
 $PIP install -q --disable-pip-version-check --no-deps --ignore-requires-python "zennit==1.0.0"
+# Headless Chromium for the HTML report's browser test (Debian package; needs root, as on CI).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+      || echo "setup: could not install chromium; the report's browser test will fail on CI" >&2
+  else
+    echo "setup: chromium not found; install it (apt-get install chromium) for the report's browser test" >&2
+  fi
+fi

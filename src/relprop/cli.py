@@ -1,4 +1,4 @@
-"""The ``relprop`` command line: ``relprop demo``, ``explain``, ``study``, ``train`` and ``evaluate``.
+"""The ``relprop`` command line: ``demo``, ``explain``, ``study``, ``train``, ``evaluate``, ``report``, ``check-data``.
 
 Exit codes: 0 success, 2 usage errors and bad input (unreadable images, missing or unfitting model
 files, unknown architectures or composites). Expected errors print one line, ``relprop: error: ...``.
@@ -218,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     folders.add_check_arguments(check)
+
+    from . import report as report_mod
+
+    rep = sub.add_parser(
+        "report",
+        help="render run folders (relprop train/evaluate) and study folders into one self-contained HTML page",
+        description=textwrap.fill(
+            "Render one or more run folders (relprop train / evaluate) or results folders (relprop study, the "
+            "demo's bias/ folder) into ONE HTML file with every image embedded: metrics tables, training "
+            "curves, heatmap grids, figures, the folders' Markdown reports and configurations.",
+            width=78,
+        ),
+    )
+    report_mod.add_arguments(rep)
     return parser
 
 
@@ -235,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         if args.command == "study":
             return run_study(args, argv)
+        if args.command == "report":
+            from . import report as report_mod
+
+            return report_mod.run(args)
         if args.command == "check-data":
             from .data import folders
 
