@@ -154,3 +154,25 @@ def test_build_model_specs_and_errors() -> None:
         build_model({"name": "resnet9000"})
     with pytest.raises(ValueError, match="width=0"):
         DigitsCNN(width=0)
+
+
+def test_small_resnet_traces_and_trains_through_isnet_maps() -> None:
+    from relprop import Explainer
+    from relprop.isnet import ISNetMaps, heatmap_loss
+    from relprop.models import SmallResNet, build_model
+
+    torch.manual_seed(0)
+    m = build_model({"name": "small_resnet", "num_classes": 2, "in_channels": 1, "width": 4})
+    assert isinstance(m, SmallResNet)
+    x = torch.rand(3, 1, 24, 24)
+    assert m(x).shape == (3, 2)
+    e = Explainer(m.eval(), "isnet").explain(x, "predicted")
+    assert e.relevance.shape == x.shape and torch.isfinite(e.relevance).all()
+    m.train()
+    mask = torch.zeros(3, 1, 24, 24)
+    mask[:, :, 6:18, 6:18] = 1
+    logits, maps = ISNetMaps(m, "selective", selective_class="label")(x, torch.tensor([0, 1, 0]))
+    (torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0])) + heatmap_loss(maps, mask)).backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads if g is not None)

@@ -26,8 +26,8 @@ from torch import Tensor
 from .errors import RelpropError
 
 __all__ = [
-    "BACKBONES", "DigitsCNN", "LeNet5", "ModelLoadError", "build_model", "load_advertorch_lenet5", "load_mnist_digits",
-    "load_model",
+    "BACKBONES", "DigitsCNN", "LeNet5", "ModelLoadError", "SmallResNet", "build_model", "load_advertorch_lenet5",
+    "load_mnist_digits", "load_model",
 ]  # fmt: skip
 
 ADVERTORCH_FILES = {
@@ -153,8 +153,48 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class _BasicBlock(nn.Module):
+    """conv 3×3 - BN - ReLU - conv 3×3 - BN plus the identity (or a 1×1 conv + BN projection), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        branch = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(branch + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A CPU-sized ResNet: stem Conv 3×3 + BatchNorm + ReLU (width w), three basic residual blocks
+    (widths w, 2w, 4w; strides 1, 2, 2), global average pooling and a linear head (4w → C)."""
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 1, width: int = 16) -> None:
+        super().__init__()
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SmallResNet({name}={value!r}): must be a positive integer")
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.stages = nn.Sequential(_BasicBlock(w, w, 1), _BasicBlock(w, 2 * w, 2), _BasicBlock(2 * w, 4 * w, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.flatten(self.pool(self.stages(self.stem(x)))))
+
+
 #: backbone names :func:`build_model` knows besides torchvision's architectures
-BACKBONES = ("digits_cnn", "lenet5")
+BACKBONES = ("digits_cnn", "lenet5", "small_resnet")
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
@@ -171,6 +211,8 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
             return DigitsCNN(**kwargs)
         if name == "lenet5":
             return LeNet5(**kwargs)
+        if name == "small_resnet":
+            return SmallResNet(**kwargs)
     except TypeError as exc:
         raise ModelLoadError(f"model spec {dict(spec)!r}: {exc}") from exc
     unknown = set(kwargs) - {"num_classes"}
