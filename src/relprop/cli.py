@@ -167,15 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rlrp_study.add_arguments(rl)
+    from .studies import cxr as cxr_study
     from .studies import isnet as isnet_study
 
-    isn = studies.add_parser(
-        "isnet",
-        help="plain vs RRR vs ISNet variants on biased digits, 3 seeds (about 30-60 min on 2 cores; resumable)",
-        description=isnet_study.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    isnet_study.add_arguments(isn)
+    for name, module, summary in (
+        ("isnet", isnet_study, "plain vs RRR vs ISNet variants on biased digits, 3 seeds (30-60 min on 2 cores)"),
+        ("cxr", cxr_study, "plain vs RRR vs ISNet variants on the chest-X-ray-style benchmark, external test"),
+    ):
+        parser_ = studies.add_parser(
+            name, help=summary + "; resumable", description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        module.add_arguments(parser_)
 
     from .isnet import cli as isnet_cli
 
@@ -283,10 +286,11 @@ def run_study(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from .studies import rlrp as rlrp_study
 
     words = list(sys.argv[1:] if argv is None else argv)
-    if args.study == "isnet":
-        from .studies import isnet as isnet_study
+    if args.study in ("isnet", "cxr"):
+        import importlib
 
-        return isnet_study.main(words[words.index("isnet") + 1 :])
+        module = importlib.import_module(f"relprop.studies.{args.study}")
+        return int(module.main(words[words.index(args.study) + 1 :]))
     if args.threads < 1:
         raise CLIError(f"--threads {args.threads}: must be at least 1")
     code = rlrp_study.run_in_child(args, "relprop " + shlex.join(words))
