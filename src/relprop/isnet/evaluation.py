@@ -114,7 +114,7 @@ def heatmap_figure(
         predictions[label] = [int(p) for p in e.logits.argmax(1)]
     rows = []
     for k, c in enumerate(y):
-        preds = ", ".join(f"{label[:8]}: {names[p[k]]}" for label, p in predictions.items())
+        preds = ", ".join(f"{label.split()[-1][:8]}: {names[p[k]]}" for label, p in predictions.items())
         rows.append(f"{names[c]} ({preds})" if len(models) <= 2 else names[c])
     return save_grid(path, list(x), heatmaps, row_titles=rows, title=title)
 
