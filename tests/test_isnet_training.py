@@ -401,3 +401,26 @@ def test_ddp_two_processes_match_one_process_with_twice_the_batch(tmp_path: Path
     assert len(ddp_history) == len(single.history) == 1
     for key, value in _no_time(single.history)[0].items():
         assert ddp_history[0][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_best_checkpoint_is_the_epoch_with_the_lowest_validation_loss(tmp_path) -> None:
+    from relprop.isnet.training import BEST_NAME, _val_loss
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(48, 1, 12, 12, generator=g)
+    mask = torch.zeros(48, 1, 12, 12)
+    mask[..., 3:9, 3:9] = 1
+    y = torch.arange(48) % 3
+    data = torch.utils.data.TensorDataset(x, mask, y)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(576, 3))
+    config = TrainConfig(method="selective", epochs=4, batch_size=16, lr=1.0, seed=0)  # lr high enough to oscillate
+    result = fit(model, data, data, config, out_dir=tmp_path, progress=False)
+    losses = [_val_loss(h, config) for h in result.history]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert best < len(losses) - 1  # the case is not trivial: the last epoch is not the best
+    ckpt = torch.load(tmp_path / BEST_NAME, map_location="cpu", weights_only=False)
+    assert ckpt["relprop"]["epoch"] == best + 1  # saved after that epoch
+    assert len(ckpt["relprop"]["history"]) == best + 1
+    fit(model, data, data, config, out_dir=tmp_path, resume=False, progress=False, max_steps=1)
+    assert not (tmp_path / BEST_NAME).exists()  # starting over drops the old run's best checkpoint

@@ -41,7 +41,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from .._io import atomic_torch_save, atomic_write_text
+from .._io import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from ..errors import InputError, RelpropError
 from .loss import HeatmapLossConfig, isnet_loss
 from .variants import VARIANTS, ISNetMaps, rrr_penalty
@@ -49,6 +49,7 @@ from .variants import VARIANTS, ISNetMaps, rrr_penalty
 METHODS = ("plain", "rrr") + VARIANTS
 SELECTIVE_CLASSES = ("lowest", "label", "predicted")
 CHECKPOINT_NAME = "last.ckpt"
+BEST_NAME = "best.ckpt"  #: the epoch with the lowest validation loss (ISNet training can diverge late)
 METRICS_NAME = "metrics.json"
 _FORMAT = 1
 
@@ -211,6 +212,17 @@ def p_at(config: TrainConfig, epoch: int) -> float:
     if not isinstance(P, dict):
         return P
     return P[max(k for k in P if k <= max(epoch, 0))]
+
+
+def _val_loss(entry: Mapping[str, Any], config: TrainConfig) -> float | None:
+    """The validation loss of one history entry: (1 − P)·CE + P·L_H for ISNet variants, CE otherwise."""
+    ce, heat = entry.get("val_ce"), entry.get("val_heatmap")
+    if ce is None:
+        return None
+    if config.method in VARIANTS and heat is not None:
+        P = p_at(config, int(entry.get("epoch", 0)))
+        return (1 - P) * float(ce) + P * float(heat)
+    return float(ce)
 
 
 # -- one batch -------------------------------------------------------------------------------------------------
@@ -730,6 +742,18 @@ class ISNetModule(L.LightningModule):
             self._interrupted = stop
             self.trainer.should_stop = True
         self._save(finished_epoch=True)
+        self._keep_if_best()
+
+    def _keep_if_best(self) -> None:
+        """Copy last.ckpt to best.ckpt when the epoch just finished has the lowest validation loss so far
+        ((1 − P)·CE + P·L_H for ISNet variants, CE otherwise)."""
+        assert self._run is not None
+        losses = [_val_loss(h, self.config) for h in self._history]
+        if not losses or losses[-1] is None or not self.trainer.is_global_zero:
+            return
+        if all(prev is None or losses[-1] < prev for prev in losses[:-1]):
+            out = self._run.out_dir
+            atomic_write_bytes(out / BEST_NAME, (out / CHECKPOINT_NAME).read_bytes())
 
     def on_train_end(self) -> None:
         if self._run is not None and self._saved_step != self._step:
@@ -911,7 +935,9 @@ def fit(
 
     Writes ``out_dir/last.ckpt`` (atomically: temporary file + os.replace) and ``out_dir/metrics.json``
     (``{"config", "model_spec", "history", "finished", ...}``) after every epoch, when training stops (end,
-    ``max_steps`` global optimiser steps, SIGINT/SIGTERM). With ``resume=True`` and an existing
+    ``max_steps`` global optimiser steps, SIGINT/SIGTERM). With validation data, ``out_dir/best.ckpt`` is a copy
+    of the checkpoint of the epoch with the lowest validation loss (ISNet training can diverge late: keep it
+    in mind before using the last epoch). With ``resume=True`` and an existing
     ``last.ckpt`` it continues exactly where that run stopped (weights, optimiser, RNG state, the position in
     the epoch's shuffled order); the checkpoint's config must equal ``config`` except for ``epochs``.
 
@@ -940,6 +966,7 @@ def fit(
         _resume_from(ckpt_path, model, config, run)
     elif not resume:
         ckpt_path.unlink(missing_ok=True)  # start over: never resume into an older run's checkpoint later
+        (out / BEST_NAME).unlink(missing_ok=True)
     metrics_path = out / METRICS_NAME
     remaining_steps = -1 if max_steps < 0 else max_steps - run.start_step
     if run.start_epoch >= config.epochs or remaining_steps == 0:
