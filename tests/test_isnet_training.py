@@ -162,7 +162,7 @@ def test_fit_resumes_exactly_mid_epoch(tmp_path: Path) -> None:
     assert set(h) == {
         "epoch", "train_loss", "train_ce", "train_heatmap", "train_acc", "val_acc", "val_ce", "val_heatmap", "seconds",
     }  # fmt: skip
-    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["last.ckpt", "metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["best.ckpt", "last.ckpt", "metrics.json"]
 
     # a finished run is not trained again; the model gets the trained weights
     again = fit(bn_model(5), train, val, config, out_dir=tmp_path / "full", progress=False)
@@ -216,7 +216,7 @@ def test_fit_leaves_the_model_as_it_was_except_weights_and_no_stray_files(tmp_pa
         assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
     assert not torch.equal(before["0.weight"], model[0].weight)
     assert list(cwd.iterdir()) == []
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["last.ckpt", "metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best.ckpt", "last.ckpt", "metrics.json"]
 
 
 class _Pairs(BoxDataset):
@@ -346,7 +346,7 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_resume_exactly(tmp_path: Path
         assert f"interrupted by {sig.name}" in output
         doc = json.loads((out / "metrics.json").read_text())
         assert doc["finished"] is False and doc["interrupted"] == sig.name and 1 <= len(doc["history"]) < epochs
-        assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "metrics.json", "started"]
+        assert sorted(p.name for p in out.iterdir()) == ["best.ckpt", "last.ckpt", "metrics.json", "started"]
         resumed = fit(bn_model(8), train, val, config, out_dir=out, progress=False)
         _assert_same(_state(resumed.model), _state(reference.model))
         assert _no_time(resumed.history) == _no_time(reference.history)
