@@ -240,7 +240,8 @@ def test_stochastic_classes_top_half_the_time_and_uniform_otherwise() -> None:
 def test_grad_input_is_gradient_times_input_of_the_top_softmax() -> None:
     m = _tiny(bn=False).eval().double()
     x = torch.rand(3, 1, 12, 12, dtype=torch.float64)
-    _, maps = ISNetMaps(m, "grad_input")(x, create_graph=False)
+    logits, maps = ISNetMaps(m, "grad_input")(x, create_graph=False)
+    assert not maps.requires_grad and not logits.requires_grad
     xg = x.clone().requires_grad_(True)
     p = torch.softmax(m(xg), 1)
     (g,) = torch.autograd.grad(p.max(1).values.sum(), xg)

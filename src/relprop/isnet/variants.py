@@ -190,7 +190,9 @@ def _grad_input_maps(model: nn.Module, x: Tensor, create_graph: bool) -> tuple[T
         p = torch.softmax(logits, 1)
         top = p.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
         (g,) = torch.autograd.grad(top, xg, create_graph=create_graph)
-    return (logits if create_graph else logits.detach()), (g * xg).unsqueeze(1)
+    if not create_graph:
+        return logits.detach(), (g * x).detach().unsqueeze(1)
+    return logits, (g * xg).unsqueeze(1)
 
 
 def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, create_graph: bool = True) -> tuple[Tensor, Tensor]:
