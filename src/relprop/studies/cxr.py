@@ -14,7 +14,6 @@ external hospital. It writes ``DIR/report.md``, ``DIR/results.json`` and PNG fig
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -30,8 +29,8 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_bytes, atomic_write_text
-from .isnet import _COST, _fmt, _load, _mean_spread, _write_json, run_jobs
+from .._io import atomic_write_text
+from .isnet import _COST, _fmt, _mean_spread, _seed0_models, _write_json, run_jobs, write_curves
 
 SPLITS = ("test_id", "external")
 METRICS = ("accuracy", "f1", "auc", "background_share")
@@ -235,17 +234,12 @@ def _discussion(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], s: StudySettings,
              work: Path, cache_dir: str) -> list[str]:  # fmt: skip
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..isnet.evaluation import heatmap_figure
 
     names: list[str] = []
-    seed = min(r["seed"] for r in records)
-    models = {m: _load(work / f"{m}-seed{seed}") for m in methods if (work / f"{m}-seed{seed}" / "last.ckpt").is_file()}
+    models = _seed0_models(records, methods, work)
     if models:
+        seed = min(r["seed"] for r in records)
         external = load_splits(s, cache_dir)["external"]
         labels = external.labels.tolist()
         indices = [i for c in sorted(set(labels)) for i in [k for k, y in enumerate(labels) if y == c][:2]]
@@ -254,28 +248,7 @@ def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[
             title=f"external hospital: LRP (ISNet rules) of the predicted class, seed {seed}",
         )  # fmt: skip
         names.append("heatmaps_external.png")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    for method in methods:
-        rs = [r for r in records if r["method"] == method]
-        if not rs:
-            continue
-        epochs = range(1, min(len(r["history"]) for r in rs) + 1)
-        for ax, key in zip(axes, ("val_acc", "train_loss")):
-            vals = [[r["history"][e - 1].get(key) or math.nan for e in epochs] for r in rs]
-            ax.plot(list(epochs), [statistics.fmean(v[i] for v in vals) for i in range(len(epochs))], marker="o",
-                    label=method)  # fmt: skip
-    axes[0].set_title("validation accuracy (training hospitals), mean over seeds")
-    axes[1].set_title("training loss, mean over seeds")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(out / "curves.png", buf.getvalue())
-    names.append("curves.png")
+    names.append(write_curves(out, records, methods, "validation accuracy (training hospitals), mean over seeds"))
     return names
 
 

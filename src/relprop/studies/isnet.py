@@ -192,8 +192,15 @@ def _table(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], s: StudySettings,
-             work: Path, cache_dir: str) -> list[str]:  # fmt: skip
+def _seed0_models(records: Sequence[Mapping[str, Any]], methods: Sequence[str], work: Path) -> dict[str, Any]:
+    """The trained model of each method for the lowest seed, where its checkpoint exists."""
+    seed = min(r["seed"] for r in records)
+    runs = {m: work / f"{m}-seed{seed}" for m in methods}
+    return {m: _load(run) for m, run in runs.items() if (run / "last.ckpt").is_file()}
+
+
+def write_curves(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], val_title: str) -> str:
+    """``out/curves.png``: validation accuracy and training loss per epoch, mean over seeds, per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,22 +208,6 @@ def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[
 
     import matplotlib.pyplot as plt
 
-    from ..data import biased_digits
-    from ..isnet.evaluation import heatmap_figure
-
-    names: list[str] = []
-    models = {}
-    for method in methods:
-        run = work / f"{method}-seed{min(r['seed'] for r in records)}"
-        if (run / "last.ckpt").is_file():
-            models[method] = _load(run)
-    splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
-    if models:
-        heatmap_figure(
-            models, splits["test_deceiving"], out / "heatmaps_deceiving.png", class_names=splits["train"].class_names,
-            title="deceiving test: LRP (ISNet rules) of the predicted class",
-        )  # fmt: skip
-        names.append("heatmaps_deceiving.png")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     for method in methods:
         rs = [r for r in records if r["method"] == method]
@@ -227,7 +218,7 @@ def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[
             vals = [[r["history"][e - 1].get(key) or math.nan for e in epochs] for r in rs]
             mean = [statistics.fmean(v[i] for v in vals) for i in range(len(epochs))]
             ax.plot(list(epochs), mean, marker="o", label=method)
-    axes[0].set_title("validation accuracy (biased val split), mean over seeds")
+    axes[0].set_title(val_title)
     axes[1].set_title("training loss, mean over seeds")
     for ax in axes:
         ax.set_xlabel("epoch")
@@ -238,7 +229,24 @@ def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write_bytes(out / "curves.png", buf.getvalue())
-    names.append("curves.png")
+    return "curves.png"
+
+
+def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], s: StudySettings,
+             work: Path, cache_dir: str) -> list[str]:  # fmt: skip
+    from ..data import biased_digits
+    from ..isnet.evaluation import heatmap_figure
+
+    names: list[str] = []
+    models = _seed0_models(records, methods, work)
+    if models:
+        splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
+        heatmap_figure(
+            models, splits["test_deceiving"], out / "heatmaps_deceiving.png", class_names=splits["train"].class_names,
+            title="deceiving test: LRP (ISNet rules) of the predicted class",
+        )  # fmt: skip
+        names.append("heatmaps_deceiving.png")
+    names.append(write_curves(out, records, methods, "validation accuracy (biased val split), mean over seeds"))
     return names
 
 
