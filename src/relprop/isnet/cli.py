@@ -102,8 +102,6 @@ def run_train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
             raise RunError(
                 f"{out} holds a run on other data or another model ({run_file}); use another --out or --no-resume"
             )
-    if args.no_resume and (out / "last.ckpt").exists():
-        (out / "last.ckpt").unlink()
     words = list(sys.argv[1:] if argv is None else argv)
     write_json(run_file, {**run, "command": "relprop " + shlex.join(words)})
     torch.manual_seed(args.seed)
