@@ -100,6 +100,10 @@ class ISNetMaps:
             self._explainer = Explainer(model, isnet_composite(epsilon, low, high), leaf_modules=leaf_modules)
             if variant == "dual":
                 self._zplus = self._explainer._with_composite(isnet_zplus(low, high))
+            # activations whose input may be replaced by their output in the shared forward: safe for every pass
+            self._alias = self._explainer._relu_of_silent
+            if self._zplus is not None:
+                self._alias = self._alias & self._zplus._relu_of_silent
 
     def __call__(
         self,
@@ -118,8 +122,7 @@ class ISNetMaps:
         assert ex is not None
         ex._check_input(x)
         with torch.enable_grad() if create_graph else torch.no_grad():
-            alias = ex._relu_of_silent if self._zplus is None else ex._relu_of_silent & self._zplus._relu_of_silent
-            env, logits = ex._forward(x, alias)
+            env, logits = ex._forward(x, self._alias)
             maps = [
                 explainer._backward(dict(env), seed, x, create_graph)[0]
                 for explainer, seed in self._seeds(logits, labels, generator)
