@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 import relprop
-from relprop import metrics
+from relprop.evaluation import metrics
 from relprop.models import LeNet5
 
 

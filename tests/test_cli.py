@@ -14,7 +14,7 @@ from PIL import Image
 import relprop
 from relprop import cli
 from relprop.cli import main
-from relprop.heatmap import to_heatmap
+from relprop.viz.heatmap import to_heatmap
 
 torch.set_num_threads(1)
 

@@ -19,9 +19,9 @@ from PIL import Image
 
 from relprop import explain_folder
 from relprop.cli import main
-from relprop.explain import Explainer
 from relprop.explain_folder import MANIFEST, SETTINGS, ImageFiles
-from relprop.heatmap import to_heatmap
+from relprop.explainer import Explainer
+from relprop.viz.heatmap import to_heatmap
 
 SIZE = 16
 BATCH = 4
@@ -34,7 +34,7 @@ import pathlib, sys, time
 import torch
 torch.set_num_threads(1)
 from relprop.cli import main
-from relprop.explain import Explainer
+from relprop.explainer import Explainer
 
 flags, argv = pathlib.Path(sys.argv[1]), sys.argv[2:]
 def wait(name):

@@ -13,8 +13,8 @@ from PIL import Image
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from relprop import heatmap  # noqa: E402
-from relprop.heatmap import heatmap_grid, montage, normalize_relevance, save_grid, save_png, to_heatmap  # noqa: E402
+from relprop.viz import heatmap  # noqa: E402
+from relprop.viz.heatmap import heatmap_grid, montage, normalize_relevance, save_grid, save_png, to_heatmap  # noqa: E402
 
 WHITE = np.array([255, 255, 255])
 

@@ -1,4 +1,4 @@
-"""relprop.metrics: perturbation curves against analytic values and a naive reference, sanity checks,
+"""relprop.evaluation.metrics: perturbation curves against analytic values and a naive reference, sanity checks,
 stability, conservation, the Quantus explain_func, and a cross-check against Quantus 0.6.0."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 import relprop
-from relprop import metrics as M
-from relprop.explain import Explanation
+from relprop.evaluation import metrics as M
+from relprop.explainer import Explanation
 
 D = torch.float64
 

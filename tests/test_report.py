@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relprop.report import ReportError, add_arguments, markdown_to_html, render_report, run
+from relprop.viz.report import ReportError, add_arguments, markdown_to_html, render_report, run
 
 SPLITS = ("test_biased", "test_unbiased", "test_deceiving")
 APT = "apt-get update && apt-get install -y chromium chromium-driver"

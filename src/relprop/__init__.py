@@ -9,7 +9,7 @@ Quick start::
 from . import composites, rules
 from .composites import PRESETS, Composite
 from .errors import InputError, RelpropError, TargetError, TracingError, UnsupportedLayerError
-from .explain import Explainer, Explanation, explain
+from .explainer import Explainer, Explanation, explain
 from .graph import RelevanceGraph
 from .rules import (
     RLRP,

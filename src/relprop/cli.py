@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import __version__
 from .composites import PRESETS, Composite, epsilon_gamma_box, resolve
 from .errors import RelpropError
-from .explain import Explainer
+from .explainer import Explainer
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     folders.add_check_arguments(check)
 
-    from . import report as report_mod
+    from .viz import report as report_mod
 
     rep = sub.add_parser(
         "report",
@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "study":
             return run_study(args, argv)
         if args.command == "report":
-            from . import report as report_mod
+            from .viz import report as report_mod
 
             return report_mod.run(args)
         if args.command == "check-data":
@@ -302,8 +302,8 @@ def run_study(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 # -- demo ------------------------------------------------------------------------------------------
 def run_demo(out: Path, n: int) -> int:
     """``relprop demo``: see the sub-command's help."""
-    from .heatmap import montage, save_grid, save_png, to_heatmap, to_image
     from .models import load_advertorch_lenet5, load_mnist_digits
+    from .viz.heatmap import montage, save_grid, save_png, to_heatmap, to_image
 
     if not 1 <= n <= 100:
         raise CLIError(f"--n {n}: choose 1..100 digits (one grid row each)")

@@ -41,8 +41,8 @@ from tqdm import tqdm
 from . import __version__
 from ._io import atomic_write_bytes, atomic_write_json
 from .cli import CLIError, load_image
-from .explain import Explainer
-from .heatmap import save_png, to_heatmap
+from .explainer import Explainer
+from .viz.heatmap import save_png, to_heatmap
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "explain.json"

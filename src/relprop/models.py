@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import RelpropError
+from .errors import ModelLoadError
 
 __all__ = [
     "BACKBONES", "DigitsCNN", "LeNet5", "ModelLoadError", "SmallResNet", "build_model", "load_advertorch_lenet5",
@@ -34,10 +34,6 @@ ADVERTORCH_FILES = {
     "clean": "mnist_lenet5_clntrained.pt",
     "adv": "mnist_lenet5_advtrained.pt",
 }
-
-
-class ModelLoadError(RelpropError, ValueError):
-    """A model or its weights could not be loaded; the message names the file or architecture."""
 
 
 class LeNet5(nn.Module):

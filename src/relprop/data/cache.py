@@ -19,14 +19,11 @@ from typing import Any
 import torch
 
 from .._io import atomic_torch_save
+from ..errors import CacheWarning
 
 __all__ = ["CacheWarning", "atomic_torch_save", "content_key", "default_cache_dir", "load_cached", "resolve_cache_dir"]
 
 ENV_VAR = "RELPROP_CACHE"
-
-
-class CacheWarning(UserWarning):
-    """A cache file could not be read or written; the data were (re)built instead."""
 
 
 def default_cache_dir() -> Path:

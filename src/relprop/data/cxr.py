@@ -826,7 +826,7 @@ def cxr_montage(root: str | os.PathLike[str], per_class: int = 2, scale: int = 2
 
     Each example is shown twice: the image, then the image with its lung mask tinted red.
     """
-    from ..heatmap import montage
+    from ..viz.heatmap import montage
 
     root = Path(root)
     with open(root / "index.csv", newline="", encoding="utf-8") as f:

@@ -41,7 +41,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from ..errors import RelpropError
+from ..errors import DataError, DataProblem
 
 __all__ = [
     "IMAGE_EXTENSIONS", "DataError", "DataProblem", "LabelledSubset", "MaskedImageFolder", "Sample",
@@ -60,32 +60,6 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's
 
 PathLike = str | os.PathLike[str]
 Augment = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-class DataProblem(NamedTuple):
-    """One problem of a data set: the file (or folder, or CSV file) concerned and a one-line message.
-
-    ``kind`` is one of ``"layout"``, ``"missing"``, ``"unreadable"``, ``"not_binary"``, ``"size_mismatch"``,
-    ``"unsupported"``, ``"empty_class"``, ``"unknown_label"``, ``"duplicate"``.
-    """
-
-    path: Path
-    message: str
-    kind: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class DataError(RelpropError, ValueError):
-    """A data set on disk is unusable; ``.problems`` lists the problems found (possibly only the first)."""
-
-    def __init__(self, message: str, problems: Sequence[DataProblem] = ()) -> None:
-        super().__init__(message)
-        self.problems: tuple[DataProblem, ...] = tuple(problems)
-
-    def __reduce__(self) -> tuple[type[DataError], tuple[str, tuple[DataProblem, ...]]]:
-        return type(self), (str(self), self.problems)
 
 
 def _error(path: Path, message: str, kind: str) -> DataError:

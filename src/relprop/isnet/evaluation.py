@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from ..composites import isnet as isnet_composite
 from ..errors import InputError
-from ..explain import Explainer
-from ..heatmap import save_grid
+from ..explainer import Explainer
+from ..viz.heatmap import save_grid
 
 
 def background_share(relevance: Tensor, mask: Tensor) -> Tensor:

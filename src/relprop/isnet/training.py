@@ -42,7 +42,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from .._io import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from ..errors import InputError, RelpropError
+from ..errors import CheckpointError, InputError, TrainingInterrupted
 from .loss import HeatmapLossConfig, isnet_loss
 from .variants import VARIANTS, ISNetMaps, rrr_penalty
 
@@ -52,26 +52,6 @@ CHECKPOINT_NAME = "last.ckpt"
 BEST_NAME = "best.ckpt"  #: the epoch with the lowest validation loss (ISNet training can diverge late)
 METRICS_NAME = "metrics.json"
 _FORMAT = 1
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT or SIGTERM after writing a usable checkpoint; ``fit(..., resume=True)``
-    continues from it."""
-
-    def __init__(self, signum: int, checkpoint: Path, epoch: int, step: int) -> None:
-        self.signum = signum
-        self.checkpoint = checkpoint
-        self.epoch = epoch
-        self.step = step
-        name = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else str(signum)
-        super().__init__(
-            f"training interrupted by {name} in epoch {epoch} after {step} optimiser steps; the checkpoint "
-            f"{checkpoint} is up to date: run fit(..., resume=True) with the same out_dir to continue"
-        )
-
-
-class CheckpointError(RelpropError, ValueError):
-    """A checkpoint file is unreadable, incomplete or was not written by relprop's training."""
 
 
 # -- configuration ---------------------------------------------------------------------------------------------

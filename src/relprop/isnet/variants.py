@@ -38,7 +38,7 @@ from torch import Tensor
 from ..composites import isnet as isnet_composite
 from ..composites import isnet_zplus
 from ..errors import InputError
-from ..explain import Explainer
+from ..explainer import Explainer
 
 VARIANTS = ("original", "dual", "selective", "stochastic", "grad_input")
 Variant = Literal["original", "dual", "selective", "stochastic", "grad_input"]

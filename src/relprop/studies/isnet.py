@@ -122,7 +122,7 @@ def diagnose(model: torch.nn.Module, splits: Mapping[str, Any], data: Any, n: in
     relevance inside the square for that logit (LRP with the ISNet rules, and Gradient×Input), and their
     ratio (1: the heatmap accounts for the whole effect; 0: the effect is invisible in the heatmap)."""
     from ..data.digits import artefact_positions
-    from ..explain import Explainer
+    from ..explainer import Explainer
     from ..isnet.evaluation import background_share
 
     dec, unb = splits["test_deceiving"], splits["test_unbiased"]

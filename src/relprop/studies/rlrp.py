@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import metrics
 from .._io import atomic_write_bytes
 from ..composites import (
     WEIGHTED_TYPES,
@@ -56,7 +55,8 @@ from ..composites import (
     rlrp,
     zero,
 )
-from ..explain import Explainer
+from ..evaluation import metrics
+from ..explainer import Explainer
 from ..rules import RLRP, Epsilon, Gamma, Norm, Zero
 
 __all__ = ["Config", "SimpleCNN", "main", "run_in_child", "run_study", "train_simple_cnn"]
@@ -505,7 +505,7 @@ def _nudge_biases(model: nn.Module, modules: Sequence[nn.Module], x1: Tensor, de
 def _randomised_copies(model: nn.Module, seed: int) -> tuple[nn.Module, nn.Module]:
     """Two copies of ``model``: the top weighted layer re-initialised (``reset_parameters``), and every
     weighted layer re-initialised from the top down (the first and last steps of
-    :func:`relprop.metrics.randomisation_check`, without the layers in between)."""
+    :func:`relprop.evaluation.metrics.randomisation_check`, without the layers in between)."""
     work = copy.deepcopy(model)
     layers = [m for m in work.modules() if isinstance(m, WEIGHTED_TYPES)]
     copies = []
@@ -520,7 +520,8 @@ def _randomised_copies(model: nn.Module, seed: int) -> tuple[nn.Module, nn.Modul
 
 
 def _abs_similarity(reference: Tensor, r: Tensor) -> Tensor:
-    """Spearman correlation of |channel-summed heatmap|, as in :func:`relprop.metrics.randomisation_check`."""
+    """Spearman correlation of |channel-summed heatmap|, as in
+    :func:`relprop.evaluation.metrics.randomisation_check`."""
     return metrics.heatmap_correlation(reference.sum(1, keepdim=True).abs(), r.sum(1, keepdim=True).abs(), "spearman")
 
 
@@ -780,7 +781,7 @@ def _figure_png(fig: Any, colors: int = 96) -> bytes:
 
 
 def _grid_figure(images: Tensor, relevance: dict[str, Tensor], row_titles: list[str], title: str) -> bytes:
-    from ..heatmap import heatmap_grid
+    from ..viz.heatmap import heatmap_grid
 
     maps = {}
     for m in MAIN_METHODS:
@@ -871,7 +872,7 @@ def _robustness_figure(results: dict[str, Any]) -> bytes:
 
 
 def _sensitivity_figure(cases: list[tuple[str, Tensor, dict[str, Tensor]]]) -> bytes:
-    from ..heatmap import heatmap_grid
+    from ..viz.heatmap import heatmap_grid
 
     keys = ("rlrp",) + EPS_SERIES + GAMMA_SERIES
     maps = {METHOD_BY_KEY[k].short: [rel[k][0] for _, _, rel in cases] for k in keys}
@@ -1093,11 +1094,11 @@ def write_report(out: Path, ctx: dict[str, Any]) -> None:
         f"{cfg.small_patch}² pixels ({cfg.small_size}² photos), all channels; the perturbed value is 0 (black "
         f"digit background; the ImageNet mean colour after normalisation); "
         f"{cfg.mnist_pf_steps} / {cfg.small_pf_steps} steps; score = target logit; AOPC as in "
-        f"`relprop.metrics.aopc` (mean ± standard error over inputs)."
+        f"`relprop.evaluation.metrics.aopc` (mean ± standard error over inputs)."
     )
     add(
         f"- Input noise: x + {cfg.noise:g}·std(x)·N(0, 1), {cfg.mnist_draws} draws (MNIST) / {cfg.small_draws} "
-        f"(photos); Pearson correlation with the unperturbed heatmap (`relprop.metrics.stability`)."
+        f"(photos); Pearson correlation with the unperturbed heatmap (`relprop.evaluation.metrics.stability`)."
     )
     add(
         f"- Weight noise: every weight and bias multiplied by (1 + u), u ~ U(±{cfg.weight_noise:g}) (one draw). "
@@ -1111,7 +1112,7 @@ def write_report(out: Path, ctx: dict[str, Any]) -> None:
         "- Randomisation check (cascading, Adebayo et al. 2018): weighted layers re-initialised with "
         "`reset_parameters` from the top; the heatmaps after the top layer and after all layers are compared with "
         "the original by the Spearman correlation of |heatmap| (the definition of "
-        "`relprop.metrics.randomisation_check`, whose first and last steps these are) and by the Pearson "
+        "`relprop.evaluation.metrics.randomisation_check`, whose first and last steps these are) and by the Pearson "
         "correlation of the signed heatmaps. On MNIST, |heatmap| of every x ⊙ (…) method is zero on the black "
         "background whatever the weights, which keeps its Spearman similarity high; the signed correlation "
         "does not have that floor. For the random ImageNet architectures the check only asks whether the "

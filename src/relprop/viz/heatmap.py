@@ -27,7 +27,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ._io import atomic_write
+from .._io import atomic_write
 
 __all__ = ["heatmap_grid", "montage", "save_grid", "save_png", "to_heatmap", "to_image"]
 

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_text
-from .errors import RelpropError
+from .._io import atomic_write_text
+from ..errors import ReportError
 
 RUN_FILES = ("run.json", "metrics.json")
 RESULT_FILES = ("evaluation.json", "results.json", "report.md", "results.md")
@@ -38,10 +38,6 @@ KNOWN_SPLITS = ("test_biased", "test_unbiased", "test_deceiving")
 MAX_JSON_CHARS = 100_000
 DASH = "—"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-class ReportError(RelpropError, ValueError):
-    """A folder given to the report is not a run or results folder, or one of its files is unreadable."""
 
 
 @dataclass
@@ -535,7 +531,7 @@ def render_report(runs: Sequence[Path], out: Path, *, title: str | None = None) 
         if f.is_run and not (f.path / HEATMAPS).is_file():
             heatmaps.append(f'<p class="note">{_e(f.label)}: no {HEATMAPS} (run <code>relprop evaluate</code>).</p>')
 
-    from . import __version__
+    from .. import __version__
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [

@@ -47,11 +47,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .composites import Composite
-from .errors import InputError, TargetError
-from .explain import Explainer, Explanation
-from .graph import LINEAR_MODULES
-from .rules import Rule
+from ..composites import Composite
+from ..errors import InputError, TargetError
+from ..explainer import Explainer, Explanation
+from ..graph import LINEAR_MODULES
+from ..rules import Rule
 
 __all__ = [
     "PerturbationCurve",
@@ -494,7 +494,7 @@ def quantus_explain_func(composite: str | Composite | Rule = "epsilon_plus_flat"
     Example::
 
         metric = quantus.PixelFlipping(features_in_step=28)
-        metric(model=model, x_batch=x, y_batch=y, explain_func=relprop.metrics.quantus_explain_func())
+        metric(model=model, x_batch=x, y_batch=y, explain_func=relprop.evaluation.metrics.quantus_explain_func())
     """
 
     def explain_func(model: nn.Module, inputs: Any, targets: Any, **kwargs: Any) -> np.ndarray:

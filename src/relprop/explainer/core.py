@@ -19,10 +19,10 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .composites import Composite, resolve
-from .errors import InputError, RelpropError, TargetError
-from .graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
-from .rules import Rule, safe_divide
+from ..composites import Composite, resolve
+from ..errors import InputError, RelpropError, TargetError
+from ..graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
+from ..rules import Rule, safe_divide
 
 Target = Union[int, str, Tensor, Callable[[Tensor], Tensor]]
 
@@ -512,7 +512,7 @@ def _analyse(
     (all rules downstream multiply by their input). ``proportional[s]``: relevance at the output of ``s``
     vanishes wherever the output is zero. The input's sign is not known statically (absent from nonneg).
     """
-    from .rules import RLRP, AlphaBeta, Epsilon, Gamma, Pass, ZPlus
+    from ..rules import RLRP, AlphaBeta, Epsilon, Gamma, Pass, ZPlus
 
     proportional_rules = (Epsilon, ZPlus, AlphaBeta, Gamma)
     users: dict[Step, list[Step]] = {s: [] for s in graph.steps}
@@ -580,7 +580,7 @@ def _branch_forks(graph: RelevanceGraph, rules: Mapping[Step, Rule]) -> dict[tup
     (first step of branch b after the fork, fork step) -> (addition, b). The fork is the latest common
     ancestor of the two terms; each branch must leave the fork through one step and be used only
     inside itself, as in residual blocks."""
-    from .errors import UnsupportedLayerError
+    from ..errors import UnsupportedLayerError
 
     index = {s: i for i, s in enumerate(graph.steps)}
     users: dict[Step, list[Step]] = {s: [] for s in graph.steps}

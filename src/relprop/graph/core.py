@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import TracingError, UnsupportedLayerError
+from ..errors import TracingError, UnsupportedLayerError
 
 LINEAR_MODULES = (
     nn.Linear,

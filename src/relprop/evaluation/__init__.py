@@ -1,0 +1,1 @@
+"""Measuring explanations: faithfulness, randomisation, stability, background share (:mod:`.metrics`)."""

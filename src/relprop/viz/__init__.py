@@ -1,0 +1,1 @@
+"""Pictures: heatmap rendering (:mod:`.heatmap`) and the HTML report (:mod:`.report`)."""
