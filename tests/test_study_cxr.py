@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 
-from relprop.studies.cxr import macro_f1, main, roc_auc
+from relprop.cli import main
+from relprop.studies.cxr import macro_f1, roc_auc
 
 
 def test_quick_cxr_study_writes_report_and_reuses_finished_runs(tmp_path: Path, capsys) -> None:
     out, work = tmp_path / "report", tmp_path / "work"
-    argv = ["--out", str(out), "--work", str(work), "--quick", "--jobs", "1", "--seeds", "0", "1",
+    argv = ["study", "cxr", "--out", str(out), "--work", str(work), "--quick", "--jobs", "1",
+            "--seeds", "0", "1",
             "--methods", "plain", "selective", "--data-cache", str(tmp_path / "cache")]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())

@@ -1,7 +1,7 @@
 """The ISNet study on the chest-X-ray-style shortcut benchmark: does keeping relevance off the background help
 a classifier that meets a new hospital?
 
-Run ``relprop study cxr --out DIR`` (or ``python -m relprop.studies.cxr --out DIR``). The data set is
+Run ``relprop study cxr --out DIR`` (or :func:`run_study` from Python). The data set is
 :func:`relprop.data.cxr.cxr_benchmark` (stylised radiographs around real lung masks; hospital markers outside the
 lungs correlate with the class in the training hospitals ``hospital_a`` and ``hospital_b`` and not in the external
 ``hospital_c``). For every method and seed it trains a :class:`~relprop.models.SmallResNet` on the training
@@ -13,14 +13,11 @@ external hospital. It writes ``DIR/report.md``, ``DIR/results.json`` and PNG fig
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -328,52 +325,3 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
         "",
     ]
     atomic_write_text(out / "report.md", "\n".join(lines))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m relprop.studies.cxr", description=__doc__)
-    add_arguments(p)
-    return p
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for report.md, results.json, PNGs")
-    p.add_argument("--work", type=Path, default=Path(".cache/relprop/cxr-study"), metavar="DIR",
-                   help="folder for the training runs (resumable; default .cache/relprop/cxr-study)")  # fmt: skip
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="M",
-                   help=f"methods (default {' '.join(DEFAULT_METHODS)})")  # fmt: skip
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S", help="seeds (default 0 1 2)")
-    p.add_argument("--costly-seeds", nargs="+", type=int, default=None, metavar="S",
-                   help="seeds for dual and original only (default: --seeds)")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10)")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default 2)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; numbers not meaningful)")
-    p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    words = list(sys.argv[1:] if argv is None else argv)
-    settings = QUICK if args.quick else StudySettings()
-    if args.epochs is not None:
-        settings = StudySettings(**{**asdict(settings), "epochs": args.epochs})
-    if args.jobs < 1 or settings.epochs < 1:
-        print("cxr study: error: --jobs and --epochs must be at least 1", file=sys.stderr)
-        return 2
-    seeds_for = {m: args.costly_seeds for m in ("dual", "original")} if args.costly_seeds else None
-    try:
-        run_study(
-            args.out, methods=args.methods, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
-            cache_dir=args.data_cache, command="relprop study cxr " + shlex.join(words), seeds_for=seeds_for,
-        )  # fmt: skip
-    except ValueError as exc:
-        print(f"cxr study: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cxr study: interrupted; finished runs are kept under --work and reused next time", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

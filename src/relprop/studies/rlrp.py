@@ -1,6 +1,6 @@
 """The R-LRP study: Relative LRP against classical LRP rules, presets and gradients, measured.
 
-Run ``relprop study rlrp --out DIR`` (or ``python -m relprop.studies.rlrp --out DIR``); ``--quick`` runs the
+Run ``relprop study rlrp --out DIR`` (or :func:`run_study` from Python); ``--quick`` runs the
 same pipeline on tiny sizes (for the tests). It writes ``DIR/report.md``, ``DIR/results.json`` and PNG
 figures; every file is written to a temporary name and renamed, so an interrupted run leaves the previous
 report as it was.
@@ -19,7 +19,6 @@ image on one thread. Nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import io
@@ -59,7 +58,7 @@ from ..evaluation import metrics
 from ..explainer import Explainer
 from ..rules import RLRP, Epsilon, Gamma, Norm, Zero
 
-__all__ = ["Config", "SimpleCNN", "main", "run_in_child", "run_study", "train_simple_cnn"]
+__all__ = ["Config", "SimpleCNN", "run_study", "train_simple_cnn"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -1637,61 +1636,3 @@ def _run(out: Path, cfg: Config, cache: Path | None, command: str | None, start:
     write_report(out, ctx)
     print(f"wrote {out / 'report.md'}, results.json and {len(files)} PNGs in {wall / 60:.1f} min")
     return out / "report.md"
-
-
-def build_parser(prog: str = "python -m relprop.studies.rlrp") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return p
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for report.md, results.json, PNGs")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; numbers not meaningful)")
-    p.add_argument("--threads", type=int, default=2, metavar="N", help="torch threads (default 2)")
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(".cache/relprop"),
-        metavar="DIR",
-        help="where the trained simple CNN is cached (default .cache/relprop)",
-    )
-    p.add_argument("--report-command", help=argparse.SUPPRESS)  # the command line shown in the report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m relprop.studies.rlrp``; ``relprop study rlrp`` runs this in a child process (see
-    :func:`run_in_child`)."""
-    args = build_parser().parse_args(argv)
-    words = list(sys.argv[1:] if argv is None else argv)
-    if args.threads < 1:
-        print(f"rlrp study: error: --threads {args.threads}: must be at least 1", file=sys.stderr)
-        return 2
-    command = args.report_command or "python -m relprop.studies.rlrp " + shlex.join(words)
-    try:
-        run_study(args.out, quick=args.quick, threads=args.threads, cache=args.cache, command=command)
-    except KeyboardInterrupt:
-        print("rlrp study: interrupted (the previous report, if any, is unchanged)", file=sys.stderr)
-        return 130
-    return 0
-
-
-def run_in_child(args: argparse.Namespace, command: str) -> int:
-    """Run the study in a child Python process with ``OMP_WAIT_POLICY=PASSIVE`` (unless the variable is set).
-
-    Why: OpenMP reads the variable once, when torch is loaded, so it cannot be set from inside this process.
-    With its default (spinning) barriers, two torch threads on a two-core machine that other jobs also use
-    were up to 20× slower than one thread on the study's small layers (ResNet50 at 64²: 5 s instead of
-    0.2 s per explanation); with passive waiting, two threads are faster than one again.
-    """
-    import subprocess
-
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cmd = [sys.executable, "-m", "relprop.studies.rlrp", "--out", str(args.out), "--threads", str(args.threads)]
-    cmd += ["--cache", str(args.cache), "--report-command", command] + (["--quick"] if args.quick else [])
-    return subprocess.call(cmd, env=env)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
