@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+import relprop.isnet
+import relprop.isnet.evaluation
 from relprop.errors import InputError
-from relprop.isnet.evaluation import background_share, evaluate, heatmap_figure
+from relprop.evaluation import background_share
+from relprop.isnet.evaluation import evaluate, heatmap_figure
 
 
 def test_background_share_formula() -> None:
@@ -26,6 +31,12 @@ def test_background_share_formula() -> None:
         background_share(r, mask[:2])
     with pytest.raises(InputError, match=r"\(B, C, H, W\)"):
         background_share(r[0], mask)
+
+
+def test_background_share_is_the_evaluation_metric() -> None:
+    """The metric lives in relprop.evaluation; the ISNet names re-export it."""
+    assert relprop.isnet.evaluation.background_share is background_share
+    assert relprop.isnet.background_share is background_share
 
 
 def _data(n: int = 12) -> TensorDataset:
@@ -66,3 +77,12 @@ def test_heatmap_figure_one_row_per_class(tmp_path) -> None:
         w, h = im.size
     assert w == 4 * 160  # input, mask, two models
     assert 3 * 160 < h < 4 * 160  # one row per class (3), plus titles
+
+
+def test_heatmap_figure_needs_indices_for_a_dataset_without_len(tmp_path) -> None:
+    class Unsized(torch.utils.data.IterableDataset):
+        def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+            return iter(_data())
+
+    with pytest.raises(InputError, match="Unsized has no len"):
+        heatmap_figure({"m": _model()}, Unsized(), tmp_path / "h.png")

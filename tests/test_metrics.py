@@ -433,3 +433,18 @@ def test_cross_check_quantus_region_perturbation(order: str, softmax: bool) -> N
     np.testing.assert_allclose(drop, theirs, rtol=0, atol=1e-6)
     # and Quantus's mean drop is our AOPC up to the k = 0 term: AOPC = Σ_k drop_k / (S + 1)
     np.testing.assert_allclose(M.aopc(ours).numpy(), theirs.sum(1) / 17, rtol=0, atol=1e-6)
+
+
+# -- layout --------------------------------------------------------------------------------------------------
+def test_metrics_namespace_reexports_the_concept_modules() -> None:
+    import relprop.evaluation as E
+    from relprop.evaluation import background, faithfulness, quantus, randomisation, robustness, similarity
+
+    assert set(M.__all__) <= set(E.__all__)
+    for name in M.__all__:
+        assert getattr(M, name) is getattr(E, name), name
+    assert M.pixel_flipping is faithfulness.pixel_flipping and M.aopc is faithfulness.aopc
+    assert M.randomisation_check is randomisation.randomisation_check
+    assert M.stability is robustness.stability and M.heatmap_correlation is similarity.heatmap_correlation
+    assert M.background_share is background.background_share
+    assert M.quantus_explain_func is quantus.quantus_explain_func

@@ -1,1 +1,47 @@
-"""Measuring explanations: faithfulness, randomisation, stability, background share (:mod:`.metrics`)."""
+"""Measuring explanations, one module per concept:
+
+- :mod:`.faithfulness`: pixel flipping / region perturbation (MoRF, LeRF), AOPC, area under the curve;
+- :mod:`.randomisation`: the cascading model-parameter randomisation sanity check;
+- :mod:`.robustness`: :func:`stability` of heatmaps under input noise (a module named `stability` would be
+  hidden by the function of that name);
+- :mod:`.similarity`: correlation of two batches of heatmaps;
+- :mod:`.conservation`: conservation error of an explanation;
+- :mod:`.background`: the share of relevance on the image background (Σ_bg |R| / Σ |R|);
+- :mod:`.quantus`: an ``explain_func`` for Quantus metrics.
+
+:mod:`.metrics` gathers all of them in one namespace (``from relprop.evaluation import metrics``).
+"""
+
+from __future__ import annotations
+
+from . import metrics
+from .metrics import (
+    Baseline,
+    PerturbationCurve,
+    TargetLike,
+    aopc,
+    area_under_curve,
+    background_share,
+    conservation_error,
+    heatmap_correlation,
+    pixel_flipping,
+    quantus_explain_func,
+    randomisation_check,
+    stability,
+)
+
+__all__ = [
+    "Baseline",
+    "PerturbationCurve",
+    "TargetLike",
+    "aopc",
+    "area_under_curve",
+    "background_share",
+    "conservation_error",
+    "heatmap_correlation",
+    "metrics",
+    "pixel_flipping",
+    "quantus_explain_func",
+    "randomisation_check",
+    "stability",
+]

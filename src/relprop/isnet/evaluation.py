@@ -1,10 +1,10 @@
 """Evaluating background-bias mitigation: accuracy per test split and the share of relevance on the
-background, Σ_bg |R| / Σ |R|, of LRP heatmaps (the ISNet rules: z^B at the input, ε = 0.01 in hidden
-layers, LRP-0 at the classifier layer) for the predicted class."""
+background, Σ_bg |R| / Σ |R| (:func:`relprop.evaluation.background_share`), of LRP heatmaps (the ISNet
+rules: z^B at the input, ε = 0.01 in hidden layers, LRP-0 at the classifier layer) for the predicted class."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
 
 import torch
@@ -15,24 +15,9 @@ from tqdm import tqdm
 
 from ..composites import isnet as isnet_composite
 from ..errors import InputError
+from ..evaluation.background import background_share
 from ..explainer import Explainer
 from ..viz.heatmap import save_grid
-
-
-def background_share(relevance: Tensor, mask: Tensor) -> Tensor:
-    """Per sample Σ_bg |R| / Σ |R| (channels summed over), with M = 1 on the foreground; 0 where R = 0.
-
-    ``relevance`` is (B, C, H, W); ``mask`` is (B, 1, H, W) or (B, H, W) of the same spatial size."""
-    if relevance.dim() != 4:
-        raise InputError(f"relevance must have shape (B, C, H, W), got {tuple(relevance.shape)}")
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(1)
-    if mask.shape[0] != relevance.shape[0] or mask.shape[-2:] != relevance.shape[-2:]:
-        raise InputError(f"mask shape {tuple(mask.shape)} does not fit relevance shape {tuple(relevance.shape)}")
-    a = relevance.detach().abs().sum(1, keepdim=True).double()
-    total = a.flatten(1).sum(1)
-    bg = (a * (1.0 - mask.double())).flatten(1).sum(1)
-    return torch.where(total > 0, bg / total.clamp_min(1e-300), torch.zeros_like(total))
 
 
 def _batches(dataset: Dataset, batch_size: int) -> DataLoader:
@@ -91,6 +76,8 @@ def heatmap_figure(
     """A PNG grid: one row per image (default: the first of each class), columns input, mask and each
     model's LRP heatmap for its predicted class (the prediction is in the column's row label)."""
     if indices is None:
+        if not isinstance(dataset, Sized):
+            raise InputError(f"{type(dataset).__name__} has no len(): pass indices= to choose the images")
         labels = [int(dataset[i][2]) for i in range(len(dataset))]
         seen: dict[int, int] = {}
         for i, c in enumerate(labels):

@@ -1,0 +1,27 @@
+"""Conservation: how much relevance an explanation gains or loses, ``|Σ R_in − Σ R_out| / |Σ R_out|``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..explainer import Explanation
+
+__all__ = ["conservation_error"]
+
+
+def conservation_error(explanation: Explanation) -> Tensor:
+    """Per-sample ``|Σ R_in − Σ R_out| / |Σ R_out|`` (float64) from an :class:`Explanation`.
+
+    For composites that rescale relevance per step (R-LRP), the unscaled input relevance
+    ``relevance · exp(log_scale)`` is used (R-LRP conserves only up to a factor, so expect large values).
+    """
+    if not isinstance(explanation, Explanation):
+        raise TypeError(
+            f"conservation_error needs an Explanation (Explainer.explain), not {type(explanation).__name__}"
+        )
+    r_in = explanation.relevance.detach().to(torch.float64).flatten(1).sum(1)
+    if explanation.log_scale is not None:
+        r_in = r_in * torch.exp(explanation.log_scale.detach().to(torch.float64))
+    r_out = explanation.output_relevance.detach().to(torch.float64).flatten(1).sum(1)
+    return (r_in - r_out).abs() / r_out.abs()
