@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from relprop.viz._report_markdown import FolderMarkdown
 from relprop.viz.report import ReportError, add_arguments, markdown_to_html, render_report, run
 
 SPLITS = ("test_biased", "test_unbiased", "test_deceiving")
@@ -117,7 +118,7 @@ def _images(page: str) -> list[str]:
 
 
 def _decoded_pngs(page: str) -> list[Image.Image]:
-    out = []
+    out: list[Image.Image] = []
     for src in _images(page):
         assert src.startswith("data:image/png;base64,"), src[:60]
         data = base64.b64decode(src.split(",", 1)[1], validate=True)
@@ -182,21 +183,118 @@ def test_text_is_escaped(tmp_path: Path) -> None:
     assert len(re.findall(r"<script\b", page)) == 1
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # metrics row, markdown heading, table
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
-    assert "x&lt;b&gt;&amp;&quot;q" in page and "<b>&" not in page
+    assert re.search(r"x&lt;b&gt;&amp;(&quot;|&#34;)q", page) and "<b>&" not in page  # jinja2 writes " as &#34;
+
+
+def _flat(fragment: str) -> str:
+    """HTML with the whitespace between tags removed (markdown-it puts block tags on lines of their own)."""
+    return re.sub(r">\s+<", "><", re.sub(r"\n(?=<)", "", fragment))
 
 
 def test_markdown_subset() -> None:
     folder = Path(__file__).parent  # no PNG named fig.png here: every image becomes a note
-    out = markdown_to_html(REPORT_MD, folder)
+    out = _flat(markdown_to_html(REPORT_MD, folder))
     assert "<h3>A study</h3>" in out and "<h4>Results</h4>" in out
     assert "<em>emphasis</em>" in out and "<strong>bold</strong>" in out and "<code>code &lt;x&gt;</code>" in out
     assert '<a href="https://example.org">link</a>' in out and "and a local one." in out  # local links: text
-    assert "<th>method</th><th>accuracy</th><th>note</th>" in out
+    assert '<th>method</th><th style="text-align:right">accuracy</th><th>note</th>' in out
     assert "<td>a | pipe</td>" in out and "<td>&lt;b&gt;not bold&lt;/b&gt;</td>" in out
     assert "<ul><li>first item</li><li>second item</li></ul>" in out
-    assert "<pre>raw &lt;table&gt; text</pre>" in out
+    assert "<pre><code>raw &lt;table&gt; text</code></pre>" in out
     assert "<img" not in out and out.count('class="missing"') == 4
     assert "https://example.org/a.png" in out and 'src="https' not in out
+
+
+def test_markdown_never_passes_raw_html(tmp_path: Path) -> None:
+    text = (
+        "<script>alert(1)</script>\n\n"
+        '<div onclick="alert(2)">block</div>\n\n'
+        "Inline <img src=x onerror=alert(3)> and `<script>` in code.\n\n"
+        "```html\n<script>alert(4)</script>\n```\n\n"
+        "    <script>alert(5)</script>\n\n"
+        "[js](javascript:alert(6)) [data](data:text/html,x) <https://example.org/auto> [local](notes.md)\n"
+    )
+    out = markdown_to_html(text, tmp_path)
+    assert not re.search(r"<(script|div|img)\b", out), out
+    for n in (1, 4, 5):
+        assert f"&lt;script&gt;alert({n})&lt;/script&gt;" in out
+    assert "&lt;div onclick=&quot;alert(2)&quot;&gt;" in out and "&lt;img src=x onerror=alert(3)&gt;" in out
+    assert "<code>&lt;script&gt;</code>" in out and '<pre><code class="language-html">&lt;script&gt;' in out
+    assert re.findall(r"<a\b[^>]*>", out) == ['<a href="https://example.org/auto">']  # only the http(s) link
+    assert "javascript:" not in out.replace("[js](javascript:alert(6))", "")  # left as plain text, not a link
+    assert "local" in out and "notes.md" not in out
+
+
+def test_markdown_images_only_from_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "study"
+    (folder / "sub").mkdir(parents=True)
+    _png(folder / "fig.png", 30, 20)
+    _png(folder / "my fig.png", 31, 20)
+    _png(folder / "sub" / "inner.png", 32, 20)
+    outside = _png(tmp_path / "outside.png", 33, 20)
+    (folder / "link.png").symlink_to(outside)
+    (folder / "fake.png").write_text("not a png")
+    (folder / "fig.jpg").write_bytes((folder / "fig.png").read_bytes())
+    text = (
+        "![a](fig.png) ![b](<my fig.png>) ![c](sub/inner.png) ![d](./sub/../fig.png)\n\n"
+        f"![e](../outside.png) ![f]({outside}) ![g](link.png) ![h](fake.png) ![i](fig.jpg) ![j](gone.png)\n\n"
+        f"![k](data:image/png;base64,AAAA) ![l](file://{outside})\n"
+    )
+    md = FolderMarkdown(folder)
+    out = md.render(text)
+    widths = [im.width for im in _decoded_pngs(out)]
+    assert widths == [30, 31, 32, 30]  # the four PNGs inside the folder, and nothing else
+    assert re.findall(r'alt="(\w)"', out) == ["a", "b", "c", "d"]
+    assert out.count("<img") == 4 and "![l](file://" in out  # markdown-it refuses file: links: left as text
+    assert out.count('class="missing"') == 7 and "fake.png: not a readable PNG" in out  # e to k: notes
+    assert "../outside.png" in out and "not found in study" in out
+    assert md.embedded == {(folder / n).resolve() for n in ("fig.png", "my fig.png", "sub/inner.png", "fake.png")}
+
+
+def test_markdown_headings_lists_and_tables() -> None:
+    text = (
+        "# one\n\n### three\n\n##### five\n\nSetext\n======\n\n"
+        "1. first\n2. second\n   - nested *x*\n\n"
+        "| left | centre | right |\n|:--|:-:|--:|\n| `a\\|b` | **c** | 3 |\n| short |\n\n"
+        "a ~~struck~~ word\n\n---\n"
+    )
+    out = _flat(markdown_to_html(text, Path(__file__).parent))
+    assert "<h3>one</h3>" in out and "<h5>three</h5>" in out and "<h6>five</h6>" in out and "<h3>Setext</h3>" in out
+    assert "<ol><li>first</li><li>second<ul><li>nested <em>x</em></li></ul></li></ol>" in out
+    assert '<div class="scroll"><table><thead><tr><th style="text-align:left">left</th>' in out
+    assert '<th style="text-align:center">centre</th><th style="text-align:right">right</th>' in out
+    assert '<td style="text-align:left"><code>a|b</code></td><td style="text-align:center"><strong>c</strong>' in out
+    assert '<td style="text-align:right">3</td>' in out
+    assert re.search(r"<tr><td[^>]*>short</td><td[^>]*></td><td[^>]*></td></tr>", out)  # short rows padded
+    assert "</table></div>" in out and "<s>struck</s>" in out and "<hr" in out
+
+
+def test_report_embeds_a_markdown_figure_once(tmp_path: Path) -> None:
+    """A PNG shown by a Markdown file is not repeated among the figures; one in a subfolder does not hide a
+    top-level PNG of the same name."""
+    folder = _make_results(tmp_path / "study")
+    (folder / "sub").mkdir()
+    _png(folder / "sub" / "other.png", 10, 10)
+    (folder / "report.md").write_text("![inner](sub/other.png) ![fig](fig.png)\n")
+    page = render_report([folder], tmp_path / "r.html").read_text()
+    assert len(_decoded_pngs(_section(page, "documents"))) == 2
+    assert re.findall(r'alt="([^"]*)"', _section(page, "figures")) == ["study: other.png"]
+
+
+def test_templates_are_package_data() -> None:
+    """The page template and its CSS/JS ship with the package: pyproject's package-data patterns name them."""
+    import fnmatch
+    from importlib import resources
+
+    import tomllib
+
+    templates = resources.files("relprop.viz") / "templates"
+    names = sorted(p.name for p in templates.iterdir() if p.is_file())
+    assert {"report.html.j2", "report.css", "report.js"} <= set(names)
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["relprop"]
+    for name in names:
+        assert any(fnmatch.fnmatch(f"viz/templates/{name}", pat) for pat in patterns), (name, patterns)
 
 
 def test_run_without_evaluation_and_an_unfinished_history(tmp_path: Path) -> None:
@@ -229,7 +327,7 @@ def test_bias_demo_style_results_folder(tmp_path: Path) -> None:
     _png(folder / "heatmaps.png")
     page = render_report([folder], tmp_path / "r.html").read_text()
     assert '<section id="heatmaps">' not in page and len(_decoded_pngs(_section(page, "documents"))) == 1
-    assert "<pre>model  accuracy</pre>" in page
+    assert "<pre><code>model  accuracy\n</code></pre>" in page
     assert page.index("bias: results.md") < page.index("bias: notes.md") and "<em>here</em>" in page
     assert '<section id="metrics">' not in page and '<section id="curves">' not in page  # no runs, no evaluation
 
