@@ -149,13 +149,9 @@ def test_per_step_rescaling_keeps_the_normalised_map_across_residual_branches() 
     model = torchvision.models.resnet18(num_classes=5).eval().double()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     for composite in (relprop.composites.epsilon_plus(), relprop.composites.rlrp()):
-        plain = relprop.Composite(composite.layer_map, add=composite.add, pool=composite.pool,
-                                  maxpool=composite.maxpool, seed=composite.seed)  # fmt: skip
-        scaled = relprop.Composite(plain.layer_map, add=plain.add, pool=plain.pool, maxpool=plain.maxpool,
-                                   seed=plain.seed, rescale=True)  # fmt: skip
         e_plain, e_scaled = (
-            relprop.Explainer(model, plain).explain(x, 2),
-            relprop.Explainer(model, scaled).explain(x, 2),
+            relprop.Explainer(model, composite, rescale=False).explain(x, 2),
+            relprop.Explainer(model, composite, rescale=True).explain(x, 2),
         )
         assert e_plain.log_scale is None and e_scaled.log_scale is not None
         peak = e_plain.relevance.flatten(1).abs().amax(1)

@@ -16,10 +16,9 @@ D = torch.float64
 
 
 def raw_rlrp(**kw: str) -> relprop.Composite:
-    """R-LRP without per-step rescaling: the raw relevance (fine for shallow nets in float64)."""
-    c = relprop.composites.rlrp(**kw)
-    c.rescale = False
-    return c
+    """R-LRP, explained without per-step rescaling (``rescale=False``): the raw relevance (fine for shallow nets
+    in float64)."""
+    return relprop.composites.rlrp(**kw)
 
 
 def chain_cnn(bias: bool = False) -> nn.Sequential:
@@ -70,7 +69,7 @@ class _DivisionSpy:
 
 def test_linear_conv_and_pooling_never_divide_by_data() -> None:
     model, x = chain_cnn(bias=True), torch.rand(2, 3, 8, 8, dtype=D)
-    explainer = relprop.Explainer(model, raw_rlrp())
+    explainer = relprop.Explainer(model, raw_rlrp(), rescale=False)
     with _DivisionSpy() as spy:
         r = explainer(x, 1)
     assert spy.calls == 0 and torch.isfinite(r).all()
@@ -83,7 +82,7 @@ def test_linear_conv_and_pooling_never_divide_by_data() -> None:
 
 def test_scaling_the_input_scales_raw_relevance_by_a_power_and_keeps_the_heatmap() -> None:
     model, x = chain_cnn(), torch.rand(2, 3, 8, 8, dtype=D) + 0.1
-    raw = relprop.Explainer(model, raw_rlrp())
+    raw = relprop.Explainer(model, raw_rlrp(), rescale=False)
     scaled = relprop.Explainer(model, "rlrp")
     r1, r2 = raw(x, 3), raw(2.0 * x, 3)
     nz = r1.abs() > 1e-12 * r1.abs().max()
@@ -102,7 +101,7 @@ def test_per_neuron_identity(kind: str) -> None:
     z = model(x).detach()
     bias = layer.bias.detach()
     b = bias.repeat_interleave(z.shape[1] // bias.numel()) if kind == "conv" else bias
-    explainer = relprop.Explainer(model, raw_rlrp())
+    explainer = relprop.Explainer(model, raw_rlrp(), rescale=False)
     for k in torch.randperm(z.shape[1])[:6].tolist():
         seed = torch.zeros_like(z)
         seed[:, k] = torch.tensor([0.7, -1.3], dtype=D)
@@ -176,8 +175,8 @@ def test_stays_finite_where_lrp0_explodes() -> None:
 
 def test_pool_contribution_option() -> None:
     model, x = chain_cnn(), torch.rand(1, 3, 8, 8, dtype=D)
-    winner = relprop.explain(model, x, 0, raw_rlrp())
-    contrib = relprop.explain(model, x, 0, raw_rlrp(pool="contribution"))
+    winner = relprop.explain(model, x, 0, raw_rlrp(), rescale=False)
+    contrib = relprop.explain(model, x, 0, raw_rlrp(pool="contribution"), rescale=False)
     assert not torch.allclose(winner, contrib)
     assert torch.isfinite(contrib).all()
 
@@ -211,7 +210,7 @@ def test_skip_options_against_hand_computation(skip: str) -> None:
             branch_u = h * ((a1 * (ry @ m.l2.weight)) @ m.l1.weight)  # R carried down the branch unchanged
             rh = branch_u * share_u / branch_u.sum(1, keepdim=True) + ry * share_h / ry.sum(1, keepdim=True)
         ref = x * (rh @ m.l0.weight)
-    ours = relprop.explain(m, x, 2, raw_rlrp(skip=skip))
+    ours = relprop.explain(m, x, 2, raw_rlrp(skip=skip), rescale=False)
     torch.testing.assert_close(ours, ref)
 
 

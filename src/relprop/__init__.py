@@ -9,7 +9,7 @@ Quick start::
 from . import composites, rules
 from .composites import PRESETS, Composite
 from .errors import InputError, RelpropError, TargetError, TracingError, UnsupportedLayerError
-from .explainer import Explainer, Explanation, explain
+from .explainer import Explainer, Explanation, ForwardPass, explain
 from .graph import RelevanceGraph
 from .rules import (
     RLRP,
@@ -18,6 +18,7 @@ from .rules import (
     Flat,
     Gamma,
     Gradient,
+    MultiplyInput,
     Norm,
     Pass,
     Rule,
@@ -30,8 +31,8 @@ from .rules import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlphaBeta", "Composite", "Epsilon", "Explainer", "Explanation", "Flat", "Gamma", "Gradient",
-    "InputError", "Norm", "PRESETS", "Pass", "RLRP", "RelevanceGraph", "RelpropError", "Rule", "TargetError",
-    "TracingError", "UnsupportedLayerError", "WSquare", "ZBox", "ZPlus", "Zero", "composites", "explain",
-    "rules",
+    "AlphaBeta", "Composite", "Epsilon", "Explainer", "Explanation", "Flat", "ForwardPass", "Gamma", "Gradient",
+    "InputError", "MultiplyInput", "Norm", "PRESETS", "Pass", "RLRP", "RelevanceGraph", "RelpropError", "Rule",
+    "TargetError", "TracingError", "UnsupportedLayerError", "WSquare", "ZBox", "ZPlus", "Zero", "composites",
+    "explain", "rules",
 ]  # fmt: skip

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
 
 import torch.nn as nn
 from torch import Tensor
@@ -46,6 +45,7 @@ from .rules import (
     Flat,
     Gamma,
     Gradient,
+    MultiplyInput,
     Norm,
     Pass,
     Rule,
@@ -72,18 +72,12 @@ class Composite:
         name_map: module path (glob patterns allowed, e.g. ``"features.*"``) to rule; wins over all.
         add, pool, activation, batchnorm: rules for additions, average pooling, activations and
             stand-alone (unfoldable) BatchNorm layers.
-        seed: ``"logit"`` starts from the explained logit's value (LRP: Σ relevance ≈ logit),
-            ``"unit"`` from 1 (gradients).
-        multiply_input: multiply the result by the input (Gradient × Input).
-        exact_forward: run the model's own eval-mode BatchNorm layers in the forward pass. By default they
-            are folded into the preceding Linear/Conv for the forward pass too, so that each layer's output z
-            is exactly W a + b of the weights the relevance pass uses (logits then equal the model's up to
-            float rounding). The gradient composites set this, so that they equal autograd's gradient.
         maxpool: rule for max pooling (None: relevance goes to the winner of each window).
-        rescale: divide the relevance arriving at every step by its per-sample max |R|, keeping the factor
-            (as a log) so that branches meeting at a fork are still added at their true relative scale: for
-            rules whose relevance grows or shrinks with depth (R-LRP). The result then has max |R| = 1 per
-            sample and ``Explanation.log_scale`` holds the factor.
+        input: rule for the explained input itself (e.g. :class:`~relprop.rules.MultiplyInput` for
+            Gradient × Input); None: the relevance arriving there.
+
+    What the engine does beyond choosing rules (the output relevance a pass starts from, folding BatchNorm in
+    the forward pass, per-step rescaling) follows from the rules' declarations (see :class:`~relprop.rules.Rule`).
         name: shown in reports.
     """
 
@@ -99,15 +93,10 @@ class Composite:
         pool: Rule | None = None,
         activation: Rule | None = None,
         batchnorm: Rule | None = None,
-        seed: Literal["logit", "unit"] = "logit",
-        multiply_input: bool = False,
-        exact_forward: bool = False,
         maxpool: Rule | None = None,
-        rescale: bool = False,
+        input: Rule | None = None,
         name: str = "custom",
     ) -> None:
-        if seed not in ("logit", "unit"):
-            raise ValueError(f"Composite(seed={seed!r}): seed must be 'logit' or 'unit'")
         self.layer_map = list(layer_map)
         self.first = first
         self.first_types = first_types
@@ -117,41 +106,39 @@ class Composite:
         self.pool = pool if pool is not None else Norm()
         self.activation = activation if activation is not None else Pass()
         self.batchnorm = batchnorm if batchnorm is not None else Pass()
-        self.seed = seed
-        self.multiply_input = multiply_input
-        self.exact_forward = exact_forward
         self.maxpool = maxpool
-        self.rescale = rescale
+        self.input = input
         self.name = name
 
     def rule_for(self, step: Step) -> Rule | None:
         """The rule for ``step``; None for steps that need no rule (routing, constants)."""
+        return self.match(step)[0]
+
+    def match(self, step: Step) -> tuple[Rule | None, str]:
+        """The rule for ``step`` and why it was chosen (shown by :meth:`relprop.Explainer.summary`)."""
         for pattern, rule in self.name_map.items():
             if fnmatch.fnmatchcase(step.name, pattern):
-                return rule
-        if step.kind == "add":
-            return self.add
-        if step.kind == "avgpool":
-            return self.pool
-        if step.kind in ("activation", "pass"):
-            return self.activation
-        if step.kind == "maxpool":
-            return self.maxpool
+                return rule, f"name_map[{pattern!r}]"
+        defaults = {"add": self.add, "avgpool": self.pool, "activation": self.activation, "pass": self.activation,
+                    "maxpool": self.maxpool, "input": self.input}  # fmt: skip
+        if step.kind in defaults:
+            rule = defaults[step.kind]
+            return rule, f"{step.kind} default" if rule is not None else ""
         if step.kind != "linear":
-            return None
+            return None, ""
         module = step.module
         if self.first is not None and step.first and isinstance(module, self.first_types):
-            return self.first
+            return self.first, "first layer"
         if self.last is not None and step.last:
-            return self.last
-        for matcher, rule in self.layer_map:
+            return self.last, "last layer"
+        for i, (matcher, rule) in enumerate(self.layer_map):
             if isinstance(matcher, (type, tuple)):
                 if isinstance(module, matcher):
-                    return rule
+                    return rule, f"layer_map[{i}]: {type(module).__name__}"
             elif matcher(step):
-                return rule
+                return rule, f"layer_map[{i}]: {getattr(matcher, '__name__', 'predicate')}"
         if isinstance(module, BATCHNORM_MODULES):
-            return self.batchnorm
+            return self.batchnorm, "stand-alone BatchNorm default"
         raise UnsupportedLayerError(
             f"composite '{self.name}' has no rule for module '{step.name}' ({type(module).__name__}); "
             f"add `({type(module).__name__}, SomeRule())` to its layer_map or '{step.name}' to its name_map"
@@ -223,7 +210,7 @@ def rlrp(pool: str = "winner", skip: str = "proportional") -> Composite:
     rule = RLRP(pool, skip)
     return Composite(
         [(WEIGHTED_TYPES + BATCHNORM_MODULES, rule)], add=rule, pool=rule, activation=rule, batchnorm=rule,
-        maxpool=rule, rescale=True, seed="unit", name="rlrp",
+        maxpool=rule, name="rlrp",
     )  # fmt: skip
 
 
@@ -231,15 +218,14 @@ def gradient() -> Composite:
     """The plain gradient of the target logit with respect to the input."""
     g = Gradient()
     return Composite(
-        [(WEIGHTED_TYPES + BATCHNORM_MODULES, g)], add=g, pool=g, activation=g, batchnorm=g, seed="unit",
-        exact_forward=True, name="gradient",
-    )  # fmt: skip
+        [(WEIGHTED_TYPES + BATCHNORM_MODULES, g)], add=g, pool=g, activation=g, batchnorm=g, name="gradient"
+    )
 
 
 def gradient_x_input() -> Composite:
     """Gradient × Input."""
     c = gradient()
-    c.multiply_input = True
+    c.input = MultiplyInput()
     c.name = "gradient_x_input"
     return c
 

@@ -13,7 +13,8 @@ form of the zennit library (which the tests use as the reference), so results ag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -70,12 +71,37 @@ def _times(t: Tensor, a: Tensor) -> Tensor:
 
 
 class Rule:
-    """Base class. Subclasses implement the hooks for the step kinds they apply to."""
+    """Base class of the rules. A rule implements the hooks of the step kinds it applies to and *declares*
+    what it needs and guarantees in the class attributes below; the engine reads only those, never the
+    rule's class or name.
 
-    #: short name shown in reports and error messages
+    Hooks (one per step kind): ``linear`` (Linear/Conv/BatchNorm and average pooling), ``add``, ``activation``,
+    ``passthrough`` (elementwise y = c ⊙ x), ``maxpool``, ``input`` (the explained input itself).
+    """
+
+    #: short name shown in summaries and error messages
     name: str = "rule"
-    #: the rule propagates a gradient (signs follow the chain rule) rather than relevance shares
-    is_gradient: bool = False
+    #: the rule propagates a gradient (signs follow the chain rule: x − y sends −R to y) rather than shares
+    gradient: bool = False
+    #: step kinds where R_in = a ⊙ (…): relevance vanishes wherever the step's input is zero
+    multiplies_input: frozenset[str] = frozenset()
+    #: step kinds where relevance crosses elementwise unchanged (R_in = R, or routed to a max-pooling winner)
+    passes_relevance: frozenset[str] = frozenset({"maxpool"})
+    #: step kinds where Σ R_in = Σ R (up to the stabiliser and the bias's share)
+    conserving: frozenset[str] = frozenset({"maxpool"})
+    #: the rule reads the sign of the layer input (known statically after ReLUs, else checked at run time)
+    uses_input_sign: bool = False
+    #: the output relevance this rule starts from when it receives the model's output: the explained logit
+    #: (``"logit"``: Σ R = logit for conserving rules) or 1 (``"unit"``: gradients, R-LRP)
+    seed: str = "logit"
+    #: the forward pass folds eval-mode BatchNorm into the preceding layer, so that z = W a + b exactly for
+    #: the weights the rule uses; False: run the model's own layers (gradients equal autograd's exactly)
+    folded_forward: bool = True
+    #: relevance grows or shrinks with depth (R-LRP): the engine rescales it per step (see
+    #: :class:`~relprop.explainer.core.Explanation.log_scale`)
+    rescaled: bool = False
+    #: at additions, every branch carries R down to its fork, where the engine rescales it to its share
+    rescales_branches: bool = False
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         raise NotImplementedError(f"rule {self!r} does not apply to linear or pooling steps")
@@ -83,16 +109,29 @@ class Rule:
     def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
         raise NotImplementedError(f"rule {self!r} does not apply to additions")
 
-    def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
+    def activation(self, fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, R: Tensor) -> Tensor:
         raise NotImplementedError(f"rule {self!r} does not apply to activations")
+
+    def passthrough(self, x: Tensor, R: Tensor, vjp: Callable[[Tensor], Tensor]) -> Tensor:
+        """Relevance at the input of an elementwise y = c ⊙ x (dropout, casts, scaling): R itself where the
+        shapes agree, else R follows the map's gradient ``vjp(R)`` (broadcasting)."""
+        return R if R.shape == x.shape else vjp(R)
 
     def maxpool(self, x: Tensor, routed: Tensor) -> Tensor:
         """Relevance at a max-pooling input, given ``routed``: each window's relevance moved to its winner."""
         return routed
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+    def input(self, x: Tensor, R: Tensor) -> Tensor:
+        """Relevance at the explained input x, given the relevance R that arrives there."""
+        raise NotImplementedError(f"rule {self!r} does not apply to the input")
+
+    def __repr__(self) -> str:  # the constructor's arguments
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in names if hasattr(self, k))
         return f"{type(self).__name__}({fields})"
+
+
+_LINEAR = frozenset({"linear", "avgpool"})
 
 
 def _require_weight(rule: Rule, layer: LinearMap) -> Tensor:
@@ -118,6 +157,8 @@ class Epsilon(Rule):
     """
 
     name = "epsilon"
+    multiplies_input = _LINEAR | {"add"}
+    conserving = _LINEAR | {"add", "maxpool"}
 
     def __init__(self, epsilon: float = 1e-6, ignore_bias: bool = False) -> None:
         if epsilon < 0:
@@ -161,6 +202,10 @@ class Norm(Epsilon):
 
 class _PosNeg(Rule):
     """Shared machinery of rules that treat positive and negative weights separately."""
+
+    multiplies_input = _LINEAR
+    conserving = _LINEAR | {"maxpool"}
+    uses_input_sign = True
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)
@@ -240,6 +285,9 @@ class Gamma(Rule):
     """
 
     name = "gamma"
+    multiplies_input = _LINEAR
+    conserving = _LINEAR | {"maxpool"}
+    uses_input_sign = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
         if gamma < 0:
@@ -297,6 +345,7 @@ class ZBox(Rule):
     """
 
     name = "zbox"
+    conserving = _LINEAR | {"maxpool"}
 
     def __init__(self, low: float | Tensor = 0.0, high: float | Tensor = 1.0, stabilizer: float = 1e-6) -> None:
         lo, hi = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
@@ -331,6 +380,7 @@ class WSquare(Rule):
     """LRP-w²: R_in = (W²)ᵀ (R / stab(W² 1 + b²)); relevance independent of the input values."""
 
     name = "wsquare"
+    conserving = _LINEAR | {"maxpool"}
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)
@@ -349,6 +399,7 @@ class Flat(Rule):
     gets an equal share (zero padding receives nothing)."""
 
     name = "flat"
+    conserving = _LINEAR | {"maxpool"}
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)
@@ -376,13 +427,15 @@ class Pass(Rule):
     """Relevance crosses unchanged: R_in = R (elementwise steps)."""
 
     name = "pass"
+    passes_relevance = frozenset({"linear", "activation", "pass", "maxpool"})
+    conserving = passes_relevance
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         if a.shape != R.shape:
             raise ValueError(f"Pass() cannot cross step '{layer.step.name}': it changes the shape")
         return R
 
-    def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
+    def activation(self, fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, R: Tensor) -> Tensor:
         return R
 
 
@@ -410,6 +463,8 @@ class RLRP(Rule):
     """
 
     name = "rlrp"
+    seed = "unit"
+    rescaled = True
 
     def __init__(self, pool: str = "winner", skip: str = "proportional") -> None:
         if pool not in ("winner", "contribution"):
@@ -418,6 +473,13 @@ class RLRP(Rule):
             raise ValueError(f"RLRP(skip={skip!r}): skip must be 'proportional' or 'rescale_branches'")
         self.pool = pool
         self.skip = skip
+        # the declarations follow the structural choices
+        contribution = frozenset({"avgpool", "maxpool"}) if pool == "contribution" else frozenset()
+        proportional = frozenset({"add"}) if skip == "proportional" else frozenset()
+        self.multiplies_input = frozenset({"linear"}) | contribution | proportional
+        self.passes_relevance = frozenset({"activation", "pass"}) | (frozenset({"maxpool"}) - contribution)
+        self.conserving = proportional
+        self.rescales_branches = skip == "rescale_branches"
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         if layer.weight is None and self.pool == "winner":  # average pooling: spread R / n
@@ -430,7 +492,7 @@ class RLRP(Rule):
         s = safe_divide(R, z)
         return [p * s for p in parts]
 
-    def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
+    def activation(self, fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, R: Tensor) -> Tensor:
         return R
 
     def maxpool(self, x: Tensor, routed: Tensor) -> Tensor:
@@ -442,7 +504,11 @@ class Gradient(Rule):
     to each term. Used by the ``gradient`` and ``gradient_x_input`` composites."""
 
     name = "gradient"
-    is_gradient = True
+    gradient = True
+    passes_relevance = frozenset()
+    conserving = frozenset()
+    seed = "unit"
+    folded_forward = False
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         return layer.transpose(R, layer.weight, a)
@@ -450,8 +516,7 @@ class Gradient(Rule):
     def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
         return [R for _ in parts]
 
-    def activation(self, fn: object, x: Tensor, y: Tensor, R: Tensor) -> Tensor:
-        assert callable(fn)
+    def activation(self, fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, R: Tensor) -> Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or R.requires_grad):
             # keep f'(x) differentiable (double backpropagation through smooth activations)
             xr = x if x.requires_grad else x.detach().requires_grad_(True)
@@ -462,8 +527,20 @@ class Gradient(Rule):
             (g,) = torch.autograd.grad(fn(xr), xr, R)
         return g
 
+    def passthrough(self, x: Tensor, R: Tensor, vjp: Callable[[Tensor], Tensor]) -> Tensor:
+        return vjp(R)
+
+
+class MultiplyInput(Rule):
+    """At the explained input: R_in = x ⊙ R (Gradient × Input when R is the gradient)."""
+
+    name = "x_input"
+
+    def input(self, x: Tensor, R: Tensor) -> Tensor:
+        return R * x
+
 
 __all__ = [
     "Rule", "Epsilon", "Zero", "Norm", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "WSquare", "Flat", "Pass",
-    "Gradient", "RLRP", "stabilize", "safe_divide",
+    "Gradient", "MultiplyInput", "RLRP", "stabilize", "safe_divide",
 ]  # fmt: skip

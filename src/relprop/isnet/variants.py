@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..composites import Composite
 from ..composites import isnet as isnet_composite
 from ..composites import isnet_zplus
 from ..errors import InputError
@@ -95,15 +96,11 @@ class ISNetMaps:
         self.selective_class = selective_class
         self.selective_delta = float(selective_delta)
         self._explainer: Explainer | None = None
-        self._zplus: Explainer | None = None
+        self._zplus: Composite | None = None
         if variant != "grad_input":
             self._explainer = Explainer(model, isnet_composite(epsilon, low, high), leaf_modules=leaf_modules)
             if variant == "dual":
-                self._zplus = self._explainer._with_composite(isnet_zplus(low, high))
-            # activations whose input may be replaced by their output in the shared forward: safe for every pass
-            self._alias = self._explainer._relu_of_silent
-            if self._zplus is not None:
-                self._alias = self._alias & self._zplus._relu_of_silent
+                self._zplus = isnet_zplus(low, high)
 
     def __call__(
         self,
@@ -120,33 +117,30 @@ class ISNetMaps:
             return _grad_input_maps(self.model, x, create_graph)
         ex = self._explainer
         assert ex is not None
-        ex._check_input(x)
-        with torch.enable_grad() if create_graph else torch.no_grad():
-            env, logits = ex._forward(x, self._alias)
-            maps = [
-                explainer._backward(dict(env), seed, x, create_graph)[0]
-                for explainer, seed in self._seeds(logits, labels, generator)
-            ]
-        return logits, torch.stack(maps, 1)
+        others = [self._zplus] if self._zplus is not None else []
+        forward = ex.forward(x, composites=others, create_graph=create_graph)
+        maps = [
+            forward.explain(seed, composite=composite).relevance
+            for composite, seed in self._seeds(forward.logits, labels, generator)
+        ]
+        return forward.logits, torch.stack(maps, 1)
 
     def _seeds(
         self, logits: Tensor, labels: Tensor | None, generator: torch.Generator | None
-    ) -> list[tuple[Explainer, Tensor]]:
-        ex = self._explainer
-        assert ex is not None
+    ) -> list[tuple[Composite | None, Tensor]]:
+        """(composite, output relevance) per map; None is the explainer's ISNet composite."""
         b, c = logits.shape
         if self.variant == "original":
             eye = torch.eye(c, dtype=logits.dtype, device=logits.device)
-            return [(ex, logits * eye[k]) for k in range(c)]
+            return [(None, logits * eye[k]) for k in range(c)]
         if self.variant == "dual":
-            assert self._zplus is not None
-            return [(ex, logits), (self._zplus, logits)]
+            return [(None, logits), (self._zplus, logits)]
         if self.variant == "stochastic":
             idx = stochastic_classes(logits.detach(), generator)
-            return [(ex, logits * F.one_hot(idx, c).to(logits.dtype))]
+            return [(None, logits * F.one_hot(idx, c).to(logits.dtype))]
         # selective
         idx = self._selective_index(logits, labels)
-        return [(ex, logits * log_odds_gradient(logits, idx, self.selective_delta))]
+        return [(None, logits * log_odds_gradient(logits, idx, self.selective_delta))]
 
     def _selective_index(self, logits: Tensor, labels: Tensor | None) -> Tensor:
         if self.selective_class == "lowest":

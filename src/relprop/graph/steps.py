@@ -1,38 +1,15 @@
-"""Tracing a model into an explicit relevance graph.
+"""Steps and the relevance graph: every node of the traced fx graph becomes one :class:`Step` of a kind
+(:mod:`relprop.graph.kinds`) with its static facts and, where autograd cannot recompute it, its own
+vector-Jacobian product.
 
-The model is traced with ``torch.fx`` (standard ``torch.nn`` layers are leaves; user modules and
-functional calls are traced through), and every node of the fx graph becomes one *step* of a kind
-that says how relevance crosses it:
-
-``linear``
-    Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, optionally with the BatchNorm that directly follows
-    folded into it, and stand-alone BatchNorm (an elementwise affine map). Rules apply here.
-``avgpool``
-    Parameter-free linear maps with non-negative weights: average pooling, adaptive average pooling,
-    ``mean``. Rules apply here too (the ``Norm`` rule by default).
-``add``
-    ``x + y`` / ``x - y`` of two tensors (residual connections). Split by an add rule.
-``activation``
-    Elementwise non-linearities (ReLU, LeakyReLU, ELU, GELU, SiLU, Sigmoid, Tanh, ...).
-``pass``
-    Elementwise maps that relevance crosses unchanged: dropout, identity, scaling by a constant.
-``maxpool``
-    Max pooling: relevance goes to the winner of each window (indices kept from the forward pass).
-``route``
-    Maps that move values around without mixing them: adaptive max pooling, flatten, view, reshape, permute,
-    concatenation, indexing. Relevance follows the gradient of the map, which routes it to where the
-    value came from (max pooling: to the winner; concatenation: split by slices).
-
-The user's model is never modified: the graph keeps references to the user's own submodules and
-calls them, and BatchNorm folding is computed functionally (``effective_params``) from the live
-parameters, so it stays correct and differentiable while the model trains.
+The user's model is never modified: the graph keeps references to the user's own submodules and calls them.
+The graph keeps only a weak reference to the model itself.
 """
 
 from __future__ import annotations
 
 import operator
-import os
-import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,112 +21,41 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import TracingError, UnsupportedLayerError
-
-LINEAR_MODULES = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
+from .kinds import (
+    ACTIVATION_FUNCTIONS,
+    ACTIVATION_METHODS,
+    ACTIVATION_MODULES,
+    ADD_FUNCTIONS,
+    AVGPOOL_FUNCTIONS,
+    AVGPOOL_METHODS,
+    AVGPOOL_MODULES,
+    BATCHNORM_MODULES,
+    DROPOUT_FUNCTIONS,
+    DROPOUT_MODULES,
+    INPLACE_METHODS,
+    LINEAR_MODULES,
+    MAXPOOL_FUNCTIONS,
+    META_FUNCTIONS,
+    META_METHODS,
+    MOVES_VALUES,
+    NO_FACTS,
+    PASS_FUNCTIONS,
+    PASS_METHODS,
+    PASS_MODULES,
+    ROUTE_FUNCTIONS,
+    ROUTE_METHODS,
+    ROUTE_MODULES,
+    SCALE_FUNCTIONS,
+    SUB_FUNCTIONS,
+    StepFacts,
+    activation_facts,
+    pass_facts,
 )
-BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-AVGPOOL_MODULES = (
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-)
-ROUTE_MODULES = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-    nn.Flatten,
-    nn.Unflatten,
-)
-PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+from .tracer import _describe, _source_of, trace
 
-
-# Activation modules and the out-of-place call we make for them (the user's module may be in-place,
-# which would overwrite a pre-activation we keep for the backward pass).
-ACTIVATION_MODULES: dict[type[nn.Module], Callable[[nn.Module, Tensor], Tensor]] = {
-    nn.ReLU: lambda m, x: torch.relu(x),
-    nn.ReLU6: lambda m, x: F.relu6(x),
-    nn.LeakyReLU: lambda m, x: F.leaky_relu(x, m.negative_slope),
-    nn.ELU: lambda m, x: F.elu(x, m.alpha),
-    nn.CELU: lambda m, x: F.celu(x, m.alpha),
-    nn.SELU: lambda m, x: F.selu(x),
-    nn.GELU: lambda m, x: F.gelu(x, approximate=m.approximate),
-    nn.SiLU: lambda m, x: F.silu(x),
-    nn.Mish: lambda m, x: F.mish(x),
-    nn.Sigmoid: lambda m, x: torch.sigmoid(x),
-    nn.Tanh: lambda m, x: torch.tanh(x),
-    nn.Softplus: lambda m, x: F.softplus(x, m.beta, m.threshold),
-    nn.Hardtanh: lambda m, x: F.hardtanh(x, m.min_val, m.max_val),
-    nn.Hardswish: lambda m, x: F.hardswish(x),
-    nn.Hardsigmoid: lambda m, x: F.hardsigmoid(x),
-    nn.PReLU: lambda m, x: m(x),
-}
-
-ACTIVATION_FUNCTIONS: set[Any] = {
-    F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
-    F.silu, F.mish, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.hardtanh,
-    F.hardswish, F.hardsigmoid,
-}  # fmt: skip
-ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
-# Functions that only move values around; relevance follows their gradient.
-ROUTE_FUNCTIONS: set[Any] = {
-    torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
-    torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, operator.getitem, F.max_pool1d,
-    F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    torch.movedim, F.pad,
-}  # fmt: skip
-ROUTE_METHODS = {
-    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
-    "chunk", "split", "view_as", "reshape_as", "expand", "expand_as", "movedim", "t",
-}  # fmt: skip
-MAXPOOL_FUNCTIONS: dict[Any, Any] = {
-    F.max_pool1d: F.max_pool1d, F.max_pool2d: F.max_pool2d, F.max_pool3d: F.max_pool3d,
-    torch.max_pool1d: F.max_pool1d, torch.max_pool2d: F.max_pool2d, torch.max_pool3d: F.max_pool3d,
-}  # fmt: skip
-AVGPOOL_FUNCTIONS: set[Any] = {
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d, torch.mean,
-}  # fmt: skip
-AVGPOOL_METHODS = {"mean"}
-PASS_FUNCTIONS: set[Any] = {
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, operator.neg, torch.neg, operator.pos,
-}  # fmt: skip
-PASS_METHODS = {"clone", "float", "double", "half", "bfloat16", "to", "type_as"}
-ADD_FUNCTIONS: set[Any] = {operator.add, operator.iadd, torch.add}
-SUB_FUNCTIONS: set[Any] = {operator.sub, operator.isub, torch.sub}
-SCALE_FUNCTIONS: set[Any] = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
-META_METHODS = {"size", "dim", "numel"}
-META_FUNCTIONS: set[Any] = {getattr, len}
-INPLACE_METHODS = {"relu_": "relu", "sigmoid_": "sigmoid", "tanh_": "tanh", "add_": "add"}
-
-
-def _describe(target: Any) -> str:
-    return getattr(target, "__name__", None) or repr(target)
-
-
-def _source_of(node: fx.Node) -> str:
-    """The innermost user-code frame (outside torch) of the node's recorded stack trace, or ''."""
-    torch_dir = os.path.dirname(torch.__file__)
-    lines = (node.stack_trace or "").strip().splitlines()
-    found = ""
-    for i, line in enumerate(lines):
-        text = line.strip()
-        if text.startswith("File ") and torch_dir not in text:
-            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            found = f" (at {text}: `{code}`)"
-    return found
+Env = dict[Any, Any]
+#: a step's own vector-Jacobian product: (step, env, R, create_graph) -> [(input node, R_in)]
+VJP = Callable[["Step", Env, Any, bool], list[tuple[Any, Any]]]
 
 
 @dataclass(eq=False)
@@ -158,8 +64,7 @@ class Step:
 
     Attributes:
         node: the fx node whose value is this step's output.
-        kind: ``input``, ``linear``, ``avgpool``, ``add``, ``activation``, ``pass``, ``maxpool``, ``route``,
-            ``meta`` (non-tensor values such as sizes), ``const`` or ``output``.
+        kind: one of :data:`relprop.graph.kinds.KINDS`.
         name: module path (``layer1.0.conv1``) or the function's name for functional calls.
         module: the user's module for module calls (the Linear/Conv for folded BatchNorm).
         batchnorm: the BatchNorm folded into this linear step, if any.
@@ -169,6 +74,10 @@ class Step:
         last: this is the last weighted (Linear/Conv) layer in execution order (usually the classifier).
         signs: for ``add`` steps, +1/-1 per input (``x - y`` gives (+1, -1)).
         pre: for steps with a folded BatchNorm, the fx node of the Linear/Conv output.
+        custom: a user module declared as a leaf (``leaf_modules``): nothing is known about it.
+        facts: static facts of the operation (:class:`~relprop.graph.kinds.StepFacts`).
+        vjp: the step's own vector-Jacobian product where re-evaluating it under autograd would be wrong
+            (dropout redraws its mask, max pooling keeps its winners); None: autograd of ``call``.
     """
 
     node: fx.Node
@@ -177,12 +86,14 @@ class Step:
     module: nn.Module | None = None
     batchnorm: nn.Module | None = None
     inputs: list[Step] = field(default_factory=list)
-    call: Callable[[dict[fx.Node, Any]], Any] | None = None
+    call: Callable[[Env], Any] | None = None
     first: bool = False
     last: bool = False
     signs: tuple[float, ...] = ()
     pre: fx.Node | None = None
     custom: bool = False
+    facts: StepFacts = NO_FACTS
+    vjp: VJP | None = field(default=None, repr=False)
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -190,50 +101,18 @@ class Step:
         bn = "+BN" if self.batchnorm is not None else ""
         return f"Step({self.kind}: {self.name}{mod}{bn})"
 
+    @property
+    def type_name(self) -> str:
+        """The module's class name, or the function's name."""
+        return type(self.module).__name__ if self.module is not None else self.name
 
-class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...]) -> None:
-        super().__init__()
-        self.record_stack_traces = True
-        self._leaf_types = leaf_types
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if self._leaf_types and isinstance(m, self._leaf_types):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        # Trace through a container's forward without running its hooks: user hooks would otherwise
-        # receive fx proxies (and could store them, or fail on them).
-        if not self.is_leaf_module(m, self.path_of_module(m)):
-            forward = m.forward
-        return super().call_module(m, forward, args, kwargs)
+    def backprop(self, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+        """Wᵀ r for this step: its vector-Jacobian product, as (input node, value) pairs."""
+        return (self.vjp or autograd_vjp)(self, env, r, create_graph)
 
 
-def _user_frame(exc: BaseException) -> str:
-    """The innermost frame of the traceback that lies outside torch and relprop."""
-    skip = (os.path.dirname(torch.__file__), os.path.dirname(__file__), os.path.dirname(fx.__file__))
-    found = ""
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if not frame.filename.startswith(skip) and "<eval_with_key>" not in frame.filename:
-            found = f"{frame.filename}:{frame.lineno} in {frame.name}: `{(frame.line or '').strip()}`"
-    return found
-
-
-def trace(model: nn.Module, leaf_types: tuple[type, ...] = ()) -> fx.Graph:
-    """Trace ``model`` into an fx graph, with an error that names the call that broke tracing."""
-    tracer = _Tracer(leaf_types)
-    try:
-        return tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001 - re-raised with context
-        where = _user_frame(exc) or "unknown location"
-        raise TracingError(
-            f"could not trace {type(model).__name__} into a graph: {where} failed with "
-            f"{type(exc).__name__}: {exc}. relprop traces forward() symbolically, so Python control flow "
-            "must not depend on tensor values (no `if x.sum() > 0`, no loops over tensor data, no "
-            ".item()/.tolist()). Make that branch static, or pass the enclosing submodule's class in "
-            "`leaf_modules={MyBlock: 'pass'|'route'|'activation'}` so it is treated as one step."
-        ) from exc
+def _module_path(root: nn.Module, target: str) -> nn.Module:
+    return root.get_submodule(target)
 
 
 def _module_path(root: nn.Module, target: str) -> nn.Module:
@@ -250,7 +129,7 @@ class RelevanceGraph:
     """
 
     def __init__(self, model: nn.Module, leaf_modules: Mapping[type, str] | None = None) -> None:
-        self.model = model
+        self._model = weakref.ref(model)
         self.leaf_modules = dict(leaf_modules or {})
         for cls, kind in self.leaf_modules.items():
             if kind not in ("pass", "route", "activation"):
@@ -262,7 +141,19 @@ class RelevanceGraph:
         self.by_node: dict[fx.Node, Step] = {}
         self.input: Step
         self.output: Step
+        #: steps whose output is known never to be negative (the input's sign is not known statically)
+        self.nonneg: dict[Step, bool] = {}
+        #: the steps that read each step's output
+        self.users: dict[Step, list[Step]] = {}
         self._build()
+
+    @property
+    def model(self) -> nn.Module:
+        """The traced model (held weakly: the graph does not keep it alive)."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this relevance graph has been deleted")
+        return model
 
     # -- construction ---------------------------------------------------------------------------
     def _build(self) -> None:
@@ -297,6 +188,18 @@ class RelevanceGraph:
         outputs = [s for s in self.steps if s.kind == "output"]
         self.output = outputs[0]
         self.input = next(s for s in self.steps if s.kind == "input")
+        self.users = {s: [] for s in self.steps}
+        for s in self.steps:
+            s.facts = _facts_of(s)
+            if s.kind == "maxpool":
+                s.vjp = _maxpool_vjp
+            elif s.kind == "pass" and _is_dropout(s):
+                s.vjp = _dropout_vjp
+            for i in s.inputs:
+                self.users[i].append(s)
+            if s.kind not in ("input",):
+                ins = [self.nonneg.get(i) is True for i in s.inputs]
+                self.nonneg[s] = s.facts.nonneg or (s.facts.keeps_nonneg and bool(ins) and all(ins))
 
     def _check_inplace(self, users: dict[fx.Node, list[fx.Node]]) -> None:
         """relprop runs in-place operations out of place (it keeps pre-activations); that changes the model
@@ -567,164 +470,114 @@ def _function_call(
     return call
 
 
-# -- the linear map of a ``linear`` step, with BatchNorm folded -------------------------------------
+
+# -- static facts and vector-Jacobian products ------------------------------------------------------------
 
 
-class LinearMap:
-    """The affine map z = W a + b of a linear step, and its transpose, with BatchNorm folded.
+def _facts_of(step: Step) -> StepFacts:
+    if step.custom:
+        return NO_FACTS
+    if step.kind == "activation":
+        return activation_facts(type(step.module).__name__.lower() if step.module is not None else step.name.lower())
+    if step.kind in ("route", "maxpool"):
+        return MOVES_VALUES
+    if step.kind == "avgpool":
+        return StepFacts(keeps_nonneg=True)
+    if step.kind == "add":
+        return StepFacts(keeps_nonneg=all(v > 0 for v in step.signs))
+    if step.kind == "pass":
+        if step.module is not None:
+            scaling = isinstance(step.module, (*DROPOUT_MODULES, nn.Identity))
+            return StepFacts(keeps_nonneg=True, zero_at_zero=True) if scaling else NO_FACTS
+        return pass_facts(step.name, [a for a in step.node.args if not isinstance(a, fx.Node)])
+    return NO_FACTS
 
-    ``forward(x, weight, bias)`` evaluates the step's map with other parameters (rules modify
-    them); ``transpose(s, weight, like)`` computes Wᵀ s, the input-gradient of the map.
-    For parameter-free maps (average pooling) ``weight`` is ``None`` and the map is the step's
-    own function; its weights are non-negative.
-    """
 
-    def __init__(self, step: Step, a: Tensor, z: Tensor, env: dict[fx.Node, Any]) -> None:
-        self.step = step
-        module = step.module
-        self.module = module
-        self._pool_call = None
-        self.weight: Tensor | None = None
-        self.bias: Tensor | None = None
-        #: the input is known to be non-negative (True), known not to be (False), or unknown (None)
-        self.input_nonneg: bool | None = None
-        #: no relevance can arrive at negative outputs (the step feeds only ReLUs)
-        self.negative_outputs_silent = False
-        #: relevance at the output vanishes wherever the output is zero (all consumers multiply by it)
-        self.output_proportional = False
-        if step.kind == "avgpool":
-            self._pool_call = step.call
-            self._env = env
-            self._in_node = step.inputs[0].node
-            self._version: tuple[Any, ...] | None = None
-            return
-        assert module is not None
-        bn = module if isinstance(module, BATCHNORM_MODULES) else step.batchnorm
-        tensors = [t for m in (module, bn) if m is not None for t in (*m.parameters(), *m.buffers())]
-        batch_stats = bn is not None and (bn.training or bn.running_mean is None)
-        self._version = None if batch_stats else tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-        if isinstance(module, BATCHNORM_MODULES):
-            self.weight, self.bias = self.modified("affine", lambda: _bn_affine(module, a))
-        elif step.batchnorm is not None:
-            bn_mod = step.batchnorm
-            pre = env.get(step.pre) if step.pre is not None else None
-            w0, b0 = module.weight, module.bias
+def _is_dropout(step: Step) -> bool:
+    if step.module is not None:
+        return isinstance(step.module, DROPOUT_MODULES)
+    return step.name in DROPOUT_FUNCTIONS
 
-            def fold() -> tuple[Tensor, Tensor]:
-                scale, shift = _bn_affine(bn_mod, pre)
-                return _fold(module, w0, b0, scale, shift)
 
-            self.weight, self.bias = self.modified("fold", fold)
+def dropout_p(step: Step) -> float:
+    """Drop probability of a dropout step, 0 when it is inactive (eval mode)."""
+    if step.module is not None:
+        return float(step.module.p) if step.module.training else 0.0  # type: ignore[arg-type]
+    args = dict(zip(("input", "p", "training", "inplace"), step.node.args))
+    args.update(step.node.kwargs)
+    return float(args.get("p", 0.5)) if args.get("training", True) else 0.0  # type: ignore[arg-type]
+
+
+def _dropout_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+    """The gradient of dropout uses the forward pass's mask, which a re-evaluation would redraw."""
+    in_node = step.inputs[0].node
+    x, y = env[in_node], env[step.node]
+    if x.shape != r.shape:
+        return []
+    p = dropout_p(step)
+    return [(in_node, r * (y != 0) / (1 - p) if p < 1 else torch.zeros_like(r))]
+
+
+def _maxpool_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+    """Each window's relevance to its winner (indices kept from the forward pass)."""
+    in_node = step.inputs[0].node
+    x = env[in_node]
+    idx = env.pop((step.node, "indices"))
+    flat = torch.zeros(x.shape[:2] + (x[0, 0].numel(),), dtype=r.dtype, device=r.device)
+    return [(in_node, flat.scatter_add(2, idx.flatten(2), r.flatten(2)).view_as(x))]
+
+
+def autograd_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+    """Re-evaluate the step on detached inputs and take autograd's vector-Jacobian product with ``r``."""
+    nodes = [i.node for i in step.inputs if isinstance(env.get(i.node), (Tensor, tuple, list))]
+    with torch.enable_grad():
+        local = dict(env)
+        leaves: list[Tensor] = []
+        owners: list[tuple[Any, int | None]] = []
+        for n in nodes:
+            v = env[n]
+            if isinstance(v, Tensor):
+                t = v.detach().requires_grad_(v.is_floating_point())
+                local[n] = t
+                if t.requires_grad:
+                    leaves.append(t)
+                    owners.append((n, None))
+            else:
+                items = []
+                for k, item in enumerate(v):
+                    t = item.detach().requires_grad_(True)
+                    items.append(t)
+                    leaves.append(t)
+                    owners.append((n, k))
+                local[n] = type(v)(items)
+        assert step.call is not None
+        out = step.call(local)
+        outs, grads = _pair_outputs(out, r)
+        if not outs:
+            return []
+        got = torch.autograd.grad(outs, leaves, grads, allow_unused=True, create_graph=create_graph)
+    result: list[tuple[Any, Any]] = []
+    tuples: dict[Any, list[Tensor | None]] = {}
+    for (n, k), g in zip(owners, got):
+        if k is None:
+            if g is not None:
+                result.append((n, g if create_graph else g.detach()))
         else:
-            self.weight, self.bias = module.weight, module.bias
-
-    def modified(self, key: str, make: Callable[[], Any]) -> Any:
-        """``make()``, cached across calls while parameters are unchanged and no graph is recorded."""
-        if self._version is None or torch.is_grad_enabled():
-            return make()
-        hit = self.step.cache.get(key)
-        if hit is not None and hit[0] == self._version:
-            return hit[1]
-        value = make()
-        self.step.cache[key] = (self._version, value)
-        return value
-
-    # z = W x + b
-    def forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-        m = self.module
-        if self._pool_call is not None:
-            env = dict(self._env)
-            env[self._in_node] = x
-            return self._pool_call(env)
-        if isinstance(m, BATCHNORM_MODULES):
-            assert weight is not None
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            z = x * weight.view(shape)
-            return z + bias.view(shape) if bias is not None else z
-        if isinstance(m, nn.Linear):
-            return F.linear(x, weight, bias)
-        assert isinstance(m, (nn.modules.conv._ConvNd,))
-        nd = x.dim() - 2
-        if m.transposed:
-            fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
-            return fn(x, weight, bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
-        fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
-        return fn(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
-
-    # Wᵀ s, shaped like the input ``like``
-    def transpose(self, s: Tensor, weight: Tensor | None, like: Tensor) -> Tensor:
-        m = self.module
-        if self._pool_call is not None:
-            with torch.enable_grad():
-                x = like.detach().requires_grad_(True)
-                z = self.forward(x, None, None)
-                (g,) = torch.autograd.grad(z, x, s, create_graph=torch.is_grad_enabled() and s.requires_grad)
-            if not s.requires_grad:
-                g = g.detach()
-            return g
-        if isinstance(m, BATCHNORM_MODULES):
-            assert weight is not None
-            return s * weight.view((1, -1) + (1,) * (s.dim() - 2))
-        if isinstance(m, nn.Linear):
-            assert weight is not None
-            return s.matmul(weight)
-        assert isinstance(m, nn.modules.conv._ConvNd) and weight is not None
-        nd = like.dim() - 2
-        padding = m.padding
-        if isinstance(padding, str):
-            padding = (
-                tuple(0 for _ in range(nd))
-                if padding == "valid"
-                else tuple((k - 1) * d // 2 for k, d in zip(m.kernel_size, m.dilation))
-            )
-        out_pad = list(m.output_padding) if m.transposed else [0] * nd
-        if m.transposed:
-            # input-gradient of a transposed convolution is the plain convolution
-            fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
-            return fn(s, weight, None, m.stride, padding, m.dilation, m.groups)
-        return torch.ops.aten.convolution_backward(
-            s, like, weight, None, list(m.stride), list(padding), list(m.dilation), False, out_pad,
-            m.groups, [True, False, False],
-        )[0]  # fmt: skip
+            tuples.setdefault(n, [None] * len(env[n]))[k] = g
+    for n, gs in tuples.items():
+        result.append((n, tuple(gs)))
+    return result
 
 
-def _bn_affine(bn: nn.Module, pre: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Scale and shift of a BatchNorm as an elementwise affine map, statistics detached.
-
-    In training mode (or without running statistics) the statistics of the current batch are used,
-    as BatchNorm itself does, but detached: one sample's relevance does not depend on the others'.
-    """
-    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
-    use_batch = bn.training or bn.running_mean is None
-    if use_batch:
-        assert pre is not None
-        dims = [0] + list(range(2, pre.dim()))
-        p = pre.detach()
-        mean = p.mean(dims, keepdim=True)
-        var = (p - mean).square().mean(dims)  # two passes: torch's var over (0, 2, 3) is ~7x slower on CPU
-        mean = mean.flatten()
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    inv = torch.rsqrt(var + bn.eps)
-    scale = bn.weight * inv if bn.weight is not None else inv
-    shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
+def _pair_outputs(out: Any, r: Any) -> tuple[list[Tensor], list[Tensor]]:
+    if isinstance(out, Tensor):
+        return [out], [r]
+    outs, grads = [], []
+    for o, g in zip(out, r):
+        if g is not None:
+            outs.append(o)
+            grads.append(g)
+    return outs, grads
 
 
-def _fold(module: nn.Module, w: Tensor, b: Tensor | None, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-    """Fold an elementwise affine map (scale, shift) that follows ``module`` into its weights."""
-    if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
-        g = module.groups
-        cin = w.shape[0]
-        wg = w.reshape(g, cin // g, w.shape[1], *w.shape[2:])
-        sg = scale.reshape(g, 1, -1, *([1] * (w.dim() - 2)))
-        w2 = (wg * sg).reshape(w.shape)
-    else:
-        w2 = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
-    b2 = shift if b is None else b * scale + shift
-    return w2, b2
-
-
-__all__ = ["RelevanceGraph", "Step", "LinearMap", "trace"]
+__all__ = ["RelevanceGraph", "Step", "autograd_vjp", "dropout_p"]

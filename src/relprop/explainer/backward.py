@@ -1,0 +1,169 @@
+"""The relevance pass: steps visited in reverse, each mapping the relevance at its output to its inputs with
+the one backward of its kind (:data:`BACKWARD`), which calls the step's rule.
+
+Adding a step kind means adding its backward here and the hook to the rules that apply to it; the walk
+itself does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import RelpropError
+from ..graph import LinearMap, RelevanceGraph, Step
+from ..rules import Rule
+from .plan import Plan
+from .rescale import BranchShares, RelevanceStore, normalise
+
+Env = dict[Any, Any]
+Edges = list[tuple[Any, Any]]  # (input node, relevance arriving there)
+
+
+@dataclass
+class PassContext:
+    """What a step's backward may read besides its own values."""
+
+    graph: RelevanceGraph
+    plan: Plan
+    env: Env
+    create_graph: bool
+
+
+def _linear(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
+    """Linear/Conv/BatchNorm/average pooling: ``rule.linear(layer, a, z, R)``."""
+    assert rule is not None
+    env = ctx.env
+    in_node = step.inputs[0].node
+    a, z = env[in_node], env[step.node]
+    layer = env.pop((step.node, "map"), None) or LinearMap(step, a, z, env)
+    layer.input_nonneg = ctx.graph.nonneg.get(step.inputs[0]) if rule.uses_input_sign else None
+    layer.negative_outputs_silent = ctx.plan.neg_silent.get(step, False)
+    layer.output_proportional = ctx.plan.proportional.get(step, False)
+    try:
+        return [(in_node, rule.linear(layer, a, z, r))]
+    except NotImplementedError as exc:
+        raise RelpropError(f"step '{step.name}': {exc}") from exc
+
+
+def _add(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
+    """x ± y: ``rule.add(terms, z, R)``; relevance belongs to the term (−y for x − y), a gradient changes sign."""
+    assert rule is not None
+    env = ctx.env
+    nodes = list(step.node.args[:2])
+    parts = [env[n] if sign > 0 else -env[n] for sign, n in zip(step.signs, nodes)]
+    outs = rule.add(parts, env[step.node], r, ctx.plan.neg_silent.get(step, False))
+    return [(n, -o if sign < 0 and rule.gradient else o) for sign, n, o in zip(step.signs, nodes, outs)]
+
+
+def _activation(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
+    """Elementwise non-linearity: ``rule.activation(f, x, y, R)``."""
+    assert rule is not None and step.call is not None
+    env, call = ctx.env, step.call
+    in_node = step.inputs[0].node
+
+    def fn(t: Tensor) -> Tensor:
+        return call({**env, in_node: t})  # type: ignore[no-any-return]
+
+    return [(in_node, rule.activation(fn, env[in_node], env[step.node], r))]
+
+
+def _first_input_vjp(step: Step, ctx: PassContext) -> Callable[[Tensor], Tensor]:
+    in_node = step.inputs[0].node
+
+    def vjp(t: Tensor) -> Tensor:
+        got = dict(step.backprop(ctx.env, t, ctx.create_graph)).get(in_node)
+        return torch.zeros_like(ctx.env[in_node]) if got is None else got
+
+    return vjp
+
+
+def _passthrough(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
+    """Elementwise y = c ⊙ x: ``rule.passthrough(x, R, vjp)``."""
+    if rule is None:
+        return step.backprop(ctx.env, r, ctx.create_graph)
+    in_node = step.inputs[0].node
+    return [(in_node, rule.passthrough(ctx.env[in_node], r, _first_input_vjp(step, ctx)))]
+
+
+def _maxpool(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
+    """Max pooling: each window's relevance routed to its winner, then ``rule.maxpool(x, routed)``."""
+    in_node = step.inputs[0].node
+    x = ctx.env[in_node]
+    (_, routed), *_ = step.backprop(ctx.env, r, ctx.create_graph)
+    return [(in_node, routed if rule is None else rule.maxpool(x, routed))]
+
+
+def _route(step: Step, rule: Rule | None, r: Any, ctx: PassContext) -> Edges:
+    """Values moved without mixing: relevance follows the step's gradient."""
+    return step.backprop(ctx.env, r, ctx.create_graph)
+
+
+#: the one backward of each step kind that relevance crosses
+BACKWARD: dict[str, Callable[[Step, Rule | None, Any, PassContext], Edges]] = {
+    "linear": _linear,
+    "avgpool": _linear,
+    "add": _add,
+    "activation": _activation,
+    "pass": _passthrough,
+    "maxpool": _maxpool,
+    "route": _route,
+}
+
+
+def relevance_pass(
+    graph: RelevanceGraph, plan: Plan, env: Env, seed: Tensor, x: Tensor, create_graph: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Relevance at the input for the output relevance ``seed``, and its per-sample log-scale (None unless the
+    plan rescales). ``env`` (every step's forward value) is consumed."""
+    ctx = PassContext(graph, plan, env, create_graph)
+    store = RelevanceStore()
+    branches = BranchShares(plan) if plan.forks else None
+    zero_scale = seed.new_zeros(seed.shape[0], dtype=torch.float64) if plan.rescale else None
+    store.push(graph.output.inputs[0], seed, zero_scale)
+    by_node = graph.by_node
+    result: tuple[Any, Tensor | None] | None = None
+    for step in reversed(graph.steps):
+        if step.kind == "output":
+            continue
+        item = store.pop(step)
+        if item is None:
+            continue
+        r, log_s = item
+        if log_s is not None and isinstance(r, Tensor) and step.kind == "linear":
+            # before each weighted layer (where the magnitude changes), when it has drifted far from 1
+            r, log_s = normalise(r, log_s, only_if_far=True)
+        if step.kind == "input":
+            result = (r, log_s)
+            break
+        if branches is not None and step in branches.adds:
+            branches.record(step, env, r, log_s)
+        for node, r_in in BACKWARD[step.kind](step, plan.rules.get(step), r, ctx):
+            src = by_node[node]
+            if src.kind in ("const", "meta"):
+                continue
+            in_log_s = log_s
+            if branches is not None:
+                r_in, in_log_s = branches.adjust(step, src, r_in, in_log_s)
+            store.push(src, r_in, in_log_s)
+        env.pop(step.node, None)
+    if result is None:
+        raise RelpropError(
+            f"no relevance reaches the input of {type(graph.model).__name__}: the explained output does not "
+            "depend on the input through any step relprop can propagate (a constant output, or a "
+            "leaf_modules step with no path back)"
+        )
+    relevance, log_scale = result
+    if log_scale is not None:
+        relevance, log_scale = normalise(relevance, log_scale)
+    input_rule = plan.rules.get(graph.input)
+    if input_rule is not None:
+        relevance = input_rule.input(x, relevance)
+    return relevance, log_scale
+
+
+__all__ = ["BACKWARD", "PassContext", "relevance_pass"]

@@ -1,0 +1,171 @@
+"""The closed set of step kinds, and which torch modules, functions and methods fall into each.
+
+``input``, ``const``, ``meta`` (sizes, shapes), ``output``: structure, no relevance rule.
+``linear``: Linear, Conv, ConvTranspose (with a following BatchNorm folded in), stand-alone BatchNorm.
+``avgpool``: parameter-free linear maps with non-negative weights (average pooling, ``mean``).
+``add``: ``x + y`` / ``x - y`` of two tensors (residual connections).
+``activation``: elementwise non-linearities.
+``pass``: elementwise maps y = c ⊙ x (dropout, identity, casts, scaling by a constant).
+``maxpool``: max pooling (relevance to each window's winner).
+``route``: maps that move values without mixing them (flatten, view, permute, cat, indexing, adaptive max
+pooling); relevance follows their gradient.
+
+Besides its kind, a step carries static *facts* (see :class:`StepFacts`) that the engine combines with the
+rules' declarations: whether its output is never negative, whether zero inputs give zero outputs, whether it
+is ReLU-like. They are properties of the operation, known here, so no other layer tests names.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+LINEAR_MODULES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+AVGPOOL_MODULES = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+ROUTE_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Flatten,
+    nn.Unflatten,
+)
+PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+
+
+# Activation modules and the out-of-place call we make for them (the user's module may be in-place,
+# which would overwrite a pre-activation we keep for the backward pass).
+ACTIVATION_MODULES: dict[type[nn.Module], Callable[[nn.Module, Tensor], Tensor]] = {
+    nn.ReLU: lambda m, x: torch.relu(x),
+    nn.ReLU6: lambda m, x: F.relu6(x),
+    nn.LeakyReLU: lambda m, x: F.leaky_relu(x, m.negative_slope),
+    nn.ELU: lambda m, x: F.elu(x, m.alpha),
+    nn.CELU: lambda m, x: F.celu(x, m.alpha),
+    nn.SELU: lambda m, x: F.selu(x),
+    nn.GELU: lambda m, x: F.gelu(x, approximate=m.approximate),
+    nn.SiLU: lambda m, x: F.silu(x),
+    nn.Mish: lambda m, x: F.mish(x),
+    nn.Sigmoid: lambda m, x: torch.sigmoid(x),
+    nn.Tanh: lambda m, x: torch.tanh(x),
+    nn.Softplus: lambda m, x: F.softplus(x, m.beta, m.threshold),
+    nn.Hardtanh: lambda m, x: F.hardtanh(x, m.min_val, m.max_val),
+    nn.Hardswish: lambda m, x: F.hardswish(x),
+    nn.Hardsigmoid: lambda m, x: F.hardsigmoid(x),
+    nn.PReLU: lambda m, x: m(x),
+}
+
+ACTIVATION_FUNCTIONS: set[Any] = {
+    F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
+    F.silu, F.mish, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.hardtanh,
+    F.hardswish, F.hardsigmoid,
+}  # fmt: skip
+ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
+# Functions that only move values around; relevance follows their gradient.
+ROUTE_FUNCTIONS: set[Any] = {
+    torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
+    torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, operator.getitem, F.max_pool1d,
+    F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    torch.movedim, F.pad,
+}  # fmt: skip
+ROUTE_METHODS = {
+    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
+    "chunk", "split", "view_as", "reshape_as", "expand", "expand_as", "movedim", "t",
+}  # fmt: skip
+MAXPOOL_FUNCTIONS: dict[Any, Any] = {
+    F.max_pool1d: F.max_pool1d, F.max_pool2d: F.max_pool2d, F.max_pool3d: F.max_pool3d,
+    torch.max_pool1d: F.max_pool1d, torch.max_pool2d: F.max_pool2d, torch.max_pool3d: F.max_pool3d,
+}  # fmt: skip
+AVGPOOL_FUNCTIONS: set[Any] = {
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d, torch.mean,
+}  # fmt: skip
+AVGPOOL_METHODS = {"mean"}
+PASS_FUNCTIONS: set[Any] = {
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, operator.neg, torch.neg, operator.pos,
+}  # fmt: skip
+PASS_METHODS = {"clone", "float", "double", "half", "bfloat16", "to", "type_as"}
+ADD_FUNCTIONS: set[Any] = {operator.add, operator.iadd, torch.add}
+SUB_FUNCTIONS: set[Any] = {operator.sub, operator.isub, torch.sub}
+SCALE_FUNCTIONS: set[Any] = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
+META_METHODS = {"size", "dim", "numel"}
+META_FUNCTIONS: set[Any] = {getattr, len}
+INPLACE_METHODS = {"relu_": "relu", "sigmoid_": "sigmoid", "tanh_": "tanh", "add_": "add"}
+
+#: step kinds, in the order of the module docstring
+KINDS = ("input", "const", "meta", "output", "linear", "avgpool", "add", "activation", "pass", "maxpool", "route")
+
+_RELU_LIKE = {"relu", "relu_", "relu6"}
+_ZERO_AT_ZERO = _RELU_LIKE | {
+    "leakyrelu", "leaky_relu", "elu", "celu", "selu", "gelu", "silu", "mish", "tanh", "tanh_", "hardtanh",
+    "hardswish", "prelu",
+}  # fmt: skip
+_NONNEG_ACTIVATIONS = _RELU_LIKE | {"sigmoid", "sigmoid_", "softplus", "hardsigmoid"}
+_SCALING_CALLS = {"clone", "float", "double", "half", "bfloat16", "to", "type_as", "contiguous", "dropout",
+                  "dropout1d", "dropout2d", "dropout3d", "mul", "truediv", "div", "neg", "pos"}  # fmt: skip
+DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+DROPOUT_FUNCTIONS = {"dropout", "dropout1d", "dropout2d", "dropout3d"}
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What is known about a step's operation before running it.
+
+    Attributes:
+        nonneg: the output is never negative, whatever the input (ReLU, sigmoid, ...).
+        keeps_nonneg: the output is non-negative when every input is (pooling, routing, sums, positive scaling).
+        zero_at_zero: an input element that is zero contributes zero (f(0) = 0 elementwise, or values only moved):
+            relevance that vanishes on zero outputs then vanishes on zero inputs.
+        relu_like: y = 0 exactly where x <= 0 and y = x elsewhere (up to a clip): ReLU, ReLU6.
+    """
+
+    nonneg: bool = False
+    keeps_nonneg: bool = False
+    zero_at_zero: bool = False
+    relu_like: bool = False
+
+
+NO_FACTS = StepFacts()
+MOVES_VALUES = StepFacts(keeps_nonneg=True, zero_at_zero=True)
+
+
+def activation_facts(name: str) -> StepFacts:
+    """Facts of an elementwise activation by its lower-case module or function name."""
+    return StepFacts(
+        nonneg=name in _NONNEG_ACTIVATIONS, zero_at_zero=name in _ZERO_AT_ZERO, relu_like=name in _RELU_LIKE
+    )
+
+
+def pass_facts(name: str, constants: list[Any]) -> StepFacts:
+    """Facts of a ``pass`` step ``name`` (a call with the non-tensor arguments ``constants``): y = c ⊙ x with
+    c != 0 keeps zeros; positive c keeps signs."""
+    if name not in _SCALING_CALLS or any(isinstance(c, (int, float)) and c == 0 for c in constants):
+        return NO_FACTS
+    positive = (
+        all(isinstance(c, (int, float)) and c > 0 for c in constants) if name in ("mul", "truediv", "div") else True
+    )
+    return StepFacts(keeps_nonneg=positive and name != "neg", zero_at_zero=True)
