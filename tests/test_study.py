@@ -86,4 +86,4 @@ def test_simple_cnn_training_is_deterministic_and_cached(tmp_path: Path) -> None
     assert info_c["cached"] == 1.0 and info_a["cached"] == 0.0
     assert info_c["test_accuracy"] == info_a["test_accuracy"]
     other = study.TrainSettings(train_per_class=20, test_per_class=20, epochs=1, batch_size=50, seed=1)
-    assert study._settings_key(other) != study._settings_key(settings)
+    assert study.settings_key(other) != study.settings_key(settings)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +25,22 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_text
-from .isnet import _COST, _fmt, _mean_spread, _seed0_models, _write_json, run_jobs, write_curves
+from .common import (
+    aggregate_runs,
+    by_cost,
+    check_methods,
+    discussion_link,
+    fit_run,
+    fmt_mean_spread,
+    in_method_order,
+    machine,
+    run_jobs,
+    seconds_per_epoch,
+    seed0_models,
+    wall_time_lines,
+    write_curves,
+    write_json,
+)
 
 SPLITS = ("test_id", "external")
 METRICS = ("accuracy", "f1", "auc", "background_share")
@@ -139,54 +152,30 @@ def run_one(job: tuple[str, int, StudySettings, str, str]) -> dict[str, Any]:
     """Train (or resume) one method with one seed and evaluate it; cached in ``work/<method>-seed<seed>``."""
     method, seed, s, work, cache_dir = job
     torch.set_num_threads(1)
-    from ..isnet.evaluation import evaluate
-    from ..isnet.training import TrainConfig, fit
-    from ..models import build_model
+    from ..isnet import evaluate
 
     run_dir = Path(work) / f"{method}-seed{seed}"
     done = run_dir / "evaluation.json"
     if done.is_file():
         return dict(json.loads(done.read_text()))
     splits = load_splits(s, cache_dir)
-    kind, selective_class = METHODS[method]
-    config = TrainConfig(
-        method=kind, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, P=s.P, rrr_lambda=s.rrr_lambda,
-        selective_class=selective_class, seed=seed,
-    )  # fmt: skip
     spec = {"name": "small_resnet", "num_classes": 2, "in_channels": 1, "width": s.width}
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    start = time.perf_counter()
-    result = fit(model, splits["train"], splits["val"], config, out_dir=run_dir, progress=False, model_spec=spec)
-    seconds = time.perf_counter() - start
-    tests = evaluate(model.eval(), {t: splits[t] for t in SPLITS}, progress=False)
+    fitted = fit_run(*METHODS[method], seed, s, spec, splits, run_dir)
+    tests = evaluate(fitted.model, {t: splits[t] for t in SPLITS}, progress=False)
     for t in SPLITS:
-        tests[t].update(classification_metrics(model, splits[t]))
+        tests[t].update(classification_metrics(fitted.model, splits[t]))
     record = {
-        "method": method, "seed": seed, "config": config.to_dict(), "model_spec": spec, "tests": tests,
-        "history": result.history, "seconds": seconds,
-        "seconds_per_epoch": statistics.median([h["seconds"] for h in result.history if h.get("seconds")] or [seconds]),
+        "method": method, "seed": seed, "config": fitted.config, "model_spec": spec, "tests": tests,
+        "history": fitted.history, "seconds": fitted.seconds,
+        "seconds_per_epoch": seconds_per_epoch(fitted.history, fitted.seconds),
     }  # fmt: skip
-    _write_json(done, record)
+    write_json(done, record)
     return record
 
 
 def aggregate(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per method: mean, std and values over seeds of every metric on every split."""
-    out: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        rs = [r for r in records if r["method"] == method]
-        if not rs:
-            continue
-        row: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
-        for t in SPLITS:
-            for key in METRICS:
-                vals = [r["tests"][t][key] for r in rs]
-                m, sd = _mean_spread(vals)
-                row[f"{t}/{key}"] = {"mean": m, "std": sd, "values": vals}
-        row["seconds_per_epoch"] = statistics.fmean(r["seconds_per_epoch"] for r in rs)
-        out[method] = row
-    return out
+    return aggregate_runs(records, methods, SPLITS, METRICS)
 
 
 def _table(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -196,8 +185,8 @@ def _table(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "|---|" + "---|" * (len(head) + 3),
     ]
     for method, row in agg.items():
-        cells = [_fmt(row[f"{t}/{k}"]["values"]) for t in SPLITS for k in ("accuracy", "f1", "auc")]
-        cells += [_fmt(row[f"{t}/background_share"]["values"]) for t in SPLITS]
+        cells = [fmt_mean_spread(row[f"{t}/{k}"]["values"]) for t in SPLITS for k in ("accuracy", "f1", "auc")]
+        cells += [fmt_mean_spread(row[f"{t}/background_share"]["values"]) for t in SPLITS]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {row['seconds_per_epoch']:.1f} |")
     return lines
 
@@ -231,10 +220,10 @@ def _discussion(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], s: StudySettings,
              work: Path, cache_dir: str) -> list[str]:  # fmt: skip
-    from ..isnet.evaluation import heatmap_figure
+    from ..isnet import heatmap_figure
 
     names: list[str] = []
-    models = _seed0_models(records, methods, work)
+    models = seed0_models(records, methods, work)
     if models:
         seed = min(r["seed"] for r in records)
         external = load_splits(s, cache_dir)["external"]
@@ -254,17 +243,12 @@ def run_study(out: Path, *, methods: Sequence[str], seeds: Sequence[int], settin
               ) -> dict[str, Any]:  # fmt: skip
     """Train and evaluate every (method, seed) (reusing finished runs under ``work``), then write the report.
     ``seeds_for`` overrides the seeds of some methods (e.g. fewer seeds for the expensive ones)."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    check_methods(methods, METHODS)
     seeds_for = dict(seeds_for or {})
     start = time.perf_counter()
     load_splits(settings, cache_dir)  # build the benchmark once, before the workers start
     todo = [(m, seed, settings, str(work), cache_dir) for m in methods for seed in seeds_for.get(m, seeds)]
-    todo.sort(key=lambda j: -_COST.get(j[0], 1))
-    records = run_jobs(run_one, todo, jobs, "cxr study")
-    order = {m: i for i, m in enumerate(methods)}
-    records.sort(key=lambda r: (order[r["method"]], r["seed"]))
+    records = in_method_order(run_jobs(run_one, by_cost(todo), jobs, "cxr study"), methods)
     agg = aggregate(records, methods)
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(out, records, methods, settings, work, cache_dir)
@@ -272,9 +256,9 @@ def run_study(out: Path, *, methods: Sequence[str], seeds: Sequence[int], settin
         "command": command, "settings": asdict(settings), "methods": list(methods), "seeds": list(seeds),
         "seeds_for": {m: list(v) for m, v in seeds_for.items()}, "aggregate": agg, "runs": records,
         "wall_seconds": time.perf_counter() - start,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
+        "machine": machine(),
     }  # fmt: skip
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     _write_report(out, results, figures)
     return results
 
@@ -287,11 +271,7 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
         "",
         f"Regenerate: `{results['command']}`",
         "",
-        *(
-            ["Discussion (written by hand against these numbers): [discussion.md](discussion.md)", ""]
-            if (out / "discussion.md").is_file()
-            else []
-        ),  # fmt: skip
+        *discussion_link(out),
         "## Set-up",
         "",
         f"- Data (`relprop.data.cxr.cxr_benchmark`, {s['size']}×{s['size']} grey, 2 classes normal/opacity): "
@@ -319,9 +299,5 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
     ]
     for name in figures:
         lines += [f"![{name}]({name})", ""]
-    lines += [
-        f"Wall time of this study: {results['wall_seconds'] / 60:.1f} min (runs already finished under the work "
-        "folder are reused, so a regenerated report can take less).",
-        "",
-    ]
+    lines += wall_time_lines(results["wall_seconds"])
     atomic_write_text(out / "report.md", "\n".join(lines))

