@@ -87,3 +87,22 @@ def test_simple_cnn_training_is_deterministic_and_cached(tmp_path: Path) -> None
     assert info_c["test_accuracy"] == info_a["test_accuracy"]
     other = study.TrainSettings(train_per_class=20, test_per_class=20, epochs=1, batch_size=50, seed=1)
     assert study.settings_key(other) != study.settings_key(settings)
+
+
+def test_sign_free_split_shares_relevance_by_magnitude() -> None:
+    u, v = torch.tensor([2.0, -1.0, 0.0]), torch.tensor([-2.0, 3.0, 0.0])
+    R = torch.tensor([1.0, 2.0, 5.0])
+    ru, rv = study.SignFreeSplitRLRP().add([u, v], u + v, R)
+    assert torch.allclose(ru, torch.tensor([0.5, 0.5, 0.0])) and torch.allclose(rv, torch.tensor([0.5, 1.5, 0.0]))
+    assert torch.allclose((ru + rv)[:2], R[:2])  # conserved where a term is non-zero; nothing from 0 + 0
+    composite = study.sign_free_split_rlrp()
+    assert isinstance(composite.add, study.SignFreeSplitRLRP)
+    assert all(isinstance(rule, study.SignFreeSplitRLRP) for _, rule in composite.layer_map)
+
+
+def test_ranks_share_ties_and_leave_out_nan() -> None:
+    from relprop.studies.rlrp.report import ranks
+
+    values = {"a": 1.0, "b": 1.0, "c": 0.5, "d": math.nan}
+    assert ranks(values, higher_better=True) == {"a": 1, "b": 1, "c": 3}
+    assert ranks(values, higher_better=False) == {"c": 1, "a": 2, "b": 2}

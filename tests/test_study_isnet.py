@@ -33,3 +33,26 @@ def test_quick_isnet_study_writes_report_and_reuses_finished_runs(tmp_path: Path
     assert done.stat().st_mtime_ns == stamp
     assert main(argv[:-6] + ["--methods", "nonsense"]) == 2
     assert "unknown method(s) nonsense" in capsys.readouterr().err
+
+
+def test_common_aggregation_formatting_and_method_check() -> None:
+    import pytest
+
+    from relprop.errors import UsageError
+    from relprop.studies import common
+
+    records = [
+        {"method": m, "seed": s, "tests": {"t": {"accuracy": acc}}, "seconds_per_epoch": 2.0 * (s + 1)}
+        for m, s, acc in (("b", 1, 0.7), ("a", 0, 0.25), ("b", 0, 0.5))
+    ]
+    ordered = common.in_method_order(records, ["b", "a"])
+    assert [(r["method"], r["seed"]) for r in ordered] == [("b", 0), ("b", 1), ("a", 0)]
+    agg = common.aggregate_runs(ordered, ["a", "b", "c"], ["t"], ["accuracy"])
+    assert list(agg) == ["a", "b"]  # no runs of c: no row
+    assert agg["b"]["seeds"] == [0, 1] and agg["b"]["t/accuracy"]["values"] == [0.5, 0.7]
+    assert abs(agg["b"]["t/accuracy"]["mean"] - 0.6) < 1e-12 and agg["a"]["t/accuracy"]["std"] == 0.0
+    assert agg["b"]["seconds_per_epoch"] == 3.0
+    assert common.fmt_mean_spread([0.5, 0.7]) == "60.0 ± 14.1"
+    assert [j[0] for j in common.by_cost([("plain", 0), ("original", 0), ("dual", 1)])] == ["original", "dual", "plain"]
+    with pytest.raises(UsageError, match="unknown method.s. nonsense; choose from a, b"):
+        common.check_methods(["a", "nonsense"], {"a": 1, "b": 2})
