@@ -86,7 +86,7 @@ def build(spec: dict | None) -> nn.Module:
 
 def _signal_run(out_dir: str, method: str, epochs: str, marker_after: str) -> int:
     """Two trainings in turn, in OUT_DIR/SIGTERM and OUT_DIR/SIGINT, each expecting to be interrupted."""
-    from relprop.isnet.training import TrainConfig, TrainingInterrupted, fit
+    from relprop.isnet import TrainConfig, TrainingInterrupted, fit
 
     interrupted = 0
     for name in ("SIGTERM", "SIGINT"):
@@ -107,7 +107,7 @@ def _signal_run(out_dir: str, method: str, epochs: str, marker_after: str) -> in
 
 def _ddp_run(out_dir: str, steps: str, strategy: str = "ddp") -> int:
     """Two fits on the same 2 processes: 3 steps (mid-epoch 0), then resumed from last.ckpt up to ``steps``."""
-    from relprop.isnet.training import TrainConfig, fit
+    from relprop.isnet import TrainConfig, fit
 
     config = TrainConfig(method="selective", epochs=2, batch_size=8, seed=4)
     for max_steps, model_seed in ((3, 2), (int(steps), 9)):

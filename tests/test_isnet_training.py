@@ -1,4 +1,5 @@
-"""relprop.isnet.training: config, one-step losses, Lightning fit with exact resume, signals, DDP, checkpoints."""
+"""ISNet training (relprop.isnet config, step, sampling, checkpoints, module, fitting): config, one-step losses,
+Lightning fit with exact resume, signals, DDP, checkpoints."""
 
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from relprop.errors import InputError, TracingError
-from relprop.isnet.loss import HeatmapLossConfig, isnet_loss
-from relprop.isnet.training import (
+from relprop.errors import CheckpointError, InputError, TracingError
+from relprop.isnet import (
+    BEST_NAME,
     METHODS,
-    CheckpointError,
     ISNetModule,
     TrainConfig,
     TrainingInterrupted,
@@ -29,6 +29,8 @@ from relprop.isnet.training import (
     load_checkpoint,
     p_at,
 )
+from relprop.isnet.config import history_val_loss
+from relprop.isnet.loss import HeatmapLossConfig, isnet_loss
 from relprop.isnet.variants import ISNetMaps, rrr_penalty
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -404,8 +406,6 @@ def test_ddp_two_processes_match_one_process_with_twice_the_batch(tmp_path: Path
 
 
 def test_best_checkpoint_is_the_epoch_with_the_lowest_validation_loss(tmp_path) -> None:
-    from relprop.isnet.training import BEST_NAME, _val_loss
-
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(48, 1, 12, 12, generator=g)
@@ -416,7 +416,7 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_validation_loss(tmp_path) 
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(576, 3))
     config = TrainConfig(method="selective", epochs=4, batch_size=16, lr=1.0, seed=0)  # lr high enough to oscillate
     result = fit(model, data, data, config, out_dir=tmp_path, progress=False)
-    losses = [_val_loss(h, config) for h in result.history]
+    losses = [history_val_loss(h, config) for h in result.history]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert best < len(losses) - 1  # the case is not trivial: the last epoch is not the best
     ckpt = torch.load(tmp_path / BEST_NAME, map_location="cpu", weights_only=False)

@@ -1,0 +1,442 @@
+"""``fit``: train a classifier with a Lightning Trainer, checkpointing through Lightning's own machinery.
+
+Files in ``out_dir``:
+
+* ``last.ckpt``: a ``ModelCheckpoint`` after every epoch and, when training stops inside an epoch (SIGINT,
+  SIGTERM, ``max_steps``), after the current optimiser step; also on Lightning's own ``SIGTERMException``
+  (``save_on_exception``).
+* ``best.ckpt`` (with validation data): a ``ModelCheckpoint(monitor="val_loss")``, the epoch with the lowest
+  (1 − P)·CE + P·L_H (CE for plain / rrr). It comes before last in the callback list, so at an epoch end best
+  is written first: a kill between the two leaves last.ckpt one epoch behind, and the resumed run redoes that
+  epoch and decides about best again. (The other order, last then best, loses an epoch's best decision: last
+  already records the epoch in its history, and its copy of the best callback's state does not.)
+* ``metrics.json``: config, model spec, history, finished / interrupted (:class:`_MetricsFile`).
+
+Every file is written atomically (temporary file, fsync, ``os.replace``): checkpoints through the checkpoint IO
+plugin :class:`_AtomicCheckpointIO`.
+
+Resuming is ``Trainer.fit(ckpt_path=last.ckpt)``: Lightning restores weights, optimiser, loop position (epoch,
+batch in the epoch, global step), the callbacks' state (the best score) and the training loader's position
+(:class:`~relprop.isnet.sampling.ResumableLoader`); :class:`~relprop.isnet.ISNetModule` restores what Lightning
+does not save: RNG states, history, the running sums of the epoch.
+
+With several processes (DDP), ``batch_size`` is per process and each process reads every ``world_size``-th
+sample of the epoch's permutation (the semantics of ``DistributedSampler``), so a run on 2 processes with batch
+size b sees the same global batches as one process with batch size 2b.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn as nn
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import Dataset
+
+from .._io import atomic_torch_save
+from ..errors import CheckpointError, TrainingInterrupted
+from .checkpoints import BEST_NAME, CHECKPOINT_NAME, FORMAT, METRICS_NAME, model_state, read_checkpoint, write_json
+from .config import TrainConfig
+from .module import QUIET_WARNINGS, ISNetModule, RunData
+from .sampling import check_dataset
+from .step import build_maps
+from .variants import VARIANTS
+
+
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, writing through relprop._io (temporary file, fsync, os.replace): a
+    checkpoint file is never half-written."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+
+class _StopOnSignal(Callback):
+    """SIGINT / SIGTERM: finish the current optimiser step, write last.ckpt, stop; fit raises TrainingInterrupted.
+
+    Hand-written, because Lightning's handling does not give these guarantees: it turns Ctrl-C (a
+    KeyboardInterrupt raised wherever Python is, in the middle of a step included) into ``sys.exit(1)`` without
+    a checkpoint, and its SIGTERM handler makes the loops raise ``SIGTERMException`` at the next check, which can
+    be in the middle of validation: a checkpoint there holds part of an epoch's validation, which Lightning's
+    resume does not replay exactly (the module's validation sums, the stochastic variant's generator). Here both
+    signals set a flag that is read after every optimiser step and at every epoch end (after validation), agreed
+    on by all processes (one process's signal stops all). A second Ctrl-C raises KeyboardInterrupt at once.
+
+    Lightning registers its SIGTERM handler just before training starts, chained to the handler it finds (ours,
+    installed by fit); ``on_train_start`` puts ours back in its place, since Lightning has no public switch to
+    leave its handler out. A SIGTERM in between reaches both: Lightning raises ``SIGTERMException`` after the
+    first step, last.ckpt is written (here, or by ``ModelCheckpoint(save_on_exception=True)``) and fit reports
+    it as TrainingInterrupted all the same.
+    """
+
+    def __init__(self) -> None:
+        self.pending: int | None = None  # a signal received in this process
+        self.signum: int | None = None  # the signal training stopped on (agreed by all processes)
+        self.stop_here = False  # training stops inside the epoch after this step: write last.ckpt now
+        self._previous: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_previous": {}}  # handlers stay in the process that installed them
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.pending is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint stays usable)
+        self.pending = signum
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, self.handle)
+
+    def restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _agreed(self, trainer: L.Trainer, module: L.LightningModule) -> int | None:
+        signum = self.pending or 0
+        if trainer.world_size > 1:  # a collective: every process calls it at the same point
+            t = torch.tensor([float(signum)], device=module.device)
+            signum = int(trainer.strategy.reduce(t, reduce_op="max").item())
+        return signum or None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.install()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        assert isinstance(pl_module, ISNetModule)
+        stop = self._agreed(trainer, pl_module)
+        if pl_module.batches_done >= trainer.num_training_batches:
+            return  # the epoch's last batch: validation runs, then on_train_epoch_end decides
+        at_max_steps = trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
+        if stop is not None:
+            self.signum = stop
+            trainer.should_stop = True
+        self.stop_here = stop is not None or at_max_steps
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stop = self._agreed(trainer, pl_module)
+        if self.signum is None and stop is not None and trainer.current_epoch + 1 < (trainer.max_epochs or 0):
+            self.signum = stop
+            trainer.should_stop = True
+
+
+class _EpochEndCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that saves at epoch end only after a whole epoch: Lightning also calls
+    ``on_train_epoch_end`` when training stops inside an epoch, and a checkpoint saved there would resume as if
+    the epoch had ended."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, ISNetModule) or pl_module.finished_epoch:
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+class _LastCheckpoint(_EpochEndCheckpoint):
+    """last.ckpt: every epoch end (ModelCheckpoint), after the step at which training stops inside an epoch,
+    and on Lightning's ``SIGTERMException`` (ModelCheckpoint's ``save_on_exception``; not on other exceptions:
+    a failed step leaves no consistent state)."""
+
+    def __init__(self, out_dir: Path, stop: _StopOnSignal) -> None:
+        super().__init__(
+            dirpath=out_dir,
+            filename=Path(CHECKPOINT_NAME).stem,
+            save_top_k=1,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            save_on_exception=True,
+            enable_version_counter=False,
+        )
+        self.stop = stop
+        self.saved_step = -1
+
+    @property
+    def path(self) -> str:
+        return self.format_checkpoint_name({})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args)
+        if self.stop.stop_here and self.saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.path)  # inside on_train_batch_end: Lightning resumes after this batch
+            self.saved_step = trainer.global_step
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and self.saved_step != trainer.global_step:
+            super().on_exception(trainer, pl_module, exception)
+
+
+class _MetricsFile(Checkpoint):
+    """metrics.json after last.ckpt (a ``Checkpoint`` callback listed after it, so Lightning calls it after the
+    checkpoint callbacks): at the start, after every epoch and when training stops. Not a Lightning logger: it
+    is the run's record (config, model spec, history with validation, finished / interrupted) and must agree
+    with last.ckpt, while a logger receives the epoch's metrics only after the checkpoints are written."""
+
+    def __init__(self, path: Path, stop: _StopOnSignal) -> None:
+        self.path, self.stop = path, stop
+
+    def write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        assert isinstance(module, ISNetModule)
+        finished = module.epochs_done >= module.config.epochs and module.batches_done == 0
+        doc = _metrics_doc(
+            module.config, module.model_spec, module.history, finished, module.epochs_done, trainer.global_step
+        )
+        doc["interrupted"] = signal.Signals(self.stop.signum).name if self.stop.signum else None
+        write_json(self.path, doc)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.stop.stop_here:
+            self.write(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(pl_module, ISNetModule) and pl_module.finished_epoch:
+            self.write(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.stop.signum = self.stop.signum or signal.SIGTERM
+            self.write(trainer, pl_module)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns.
+
+    ``history``: one dict per completed epoch (``epoch`` from 0, ``train_loss``, ``train_ce``,
+    ``train_heatmap``, ``train_acc``, ``val_acc``, ``val_ce``, ``val_heatmap``, ``seconds``; ``train_rrr``
+    for rrr; metrics that do not apply (no validation data, no heatmap loss) are None).
+    """
+
+    history: list[dict[str, Any]]
+    last_checkpoint: Path
+    metrics_path: Path
+    model: nn.Module
+    finished: bool = False
+    global_step: int = 0
+
+
+@dataclass
+class _Start:
+    """Where a run starts: nothing done, or what last.ckpt records."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False
+
+
+def fit(
+    model: nn.Module,
+    train: Dataset,
+    val: Dataset | None = None,
+    config: TrainConfig = TrainConfig(),  # noqa: B008 (a validated dataclass, never mutated)
+    *,
+    out_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    model_spec: Mapping[str, Any] | None = None,
+    accelerator: str = "cpu",
+    devices: int = 1,
+    strategy: str = "auto",
+    max_steps: int = -1,
+) -> TrainResult:
+    """Train ``model`` in place with a Lightning Trainer.
+
+    Writes ``out_dir/last.ckpt`` and ``out_dir/metrics.json`` (``{"config", "model_spec", "history",
+    "finished", ...}``) after every epoch and when training stops (end, ``max_steps`` global optimiser steps,
+    SIGINT/SIGTERM), atomically. With validation data, ``out_dir/best.ckpt`` is the checkpoint of the epoch with
+    the lowest validation loss (ISNet training can diverge late: keep it in mind before using the last epoch).
+    With ``resume=True`` and an existing ``last.ckpt`` it continues exactly where that run stopped (weights,
+    optimiser, RNG state, the position in the epoch's shuffled order); the checkpoint's config must equal
+    ``config`` except for ``epochs``. ``resume=False`` deletes an earlier run's checkpoints first.
+
+    On SIGINT/SIGTERM it finishes the current step, writes the checkpoint and metrics (``"finished":
+    false``), restores the previous signal handlers and raises :class:`~relprop.errors.TrainingInterrupted` (a
+    KeyboardInterrupt). A signal that arrives too late to stop training (in its last epoch's last step or after)
+    is delivered again once the previous handlers are back. A non-finite loss raises FloatingPointError naming
+    the epoch, step and method. The model's train/eval modes and device are restored afterwards; no hooks are
+    left on it.
+    """
+    config.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_dataset(train, "train")
+    if val is not None:
+        check_dataset(val, "validation")
+    if model_spec is not None:
+        try:
+            json.dumps(dict(model_spec), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model_spec must be JSON-serialisable: {exc}") from None
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < -1:
+        raise ValueError(f"fit(max_steps={max_steps!r}): use -1 (no limit) or a number of steps >= 0")
+
+    ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
+    if not resume:  # start over: never resume into an older run's checkpoints later
+        ckpt_path.unlink(missing_ok=True)
+        (out / BEST_NAME).unlink(missing_ok=True)
+    start = _resume_point(ckpt_path, model, config) if resume and ckpt_path.exists() else _Start()
+    if start.epoch >= config.epochs or 0 <= max_steps <= start.step:
+        finished = start.epoch >= config.epochs
+        if not metrics_path.exists() or finished:
+            doc = _metrics_doc(config, model_spec, start.history, finished, start.epoch, start.step)
+            write_json(metrics_path, {**doc, "interrupted": None})
+        return TrainResult(start.history, ckpt_path, metrics_path, model, finished, start.step)
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    modes = {name: m.training for name, m in model.named_modules()}
+    device = next((p.device for p in model.parameters()), None)
+    model.train()
+    module = ISNetModule(model, config, model_spec)
+    module._data = RunData(train, val)
+    if config.method in VARIANTS:
+        module._maps = build_maps(model, config)  # fails here, naming the module, if relprop cannot trace it
+    stop = _StopOnSignal()
+    callbacks: list[Callback] = [stop]
+    if val is not None:  # before last: see the module docstring
+        callbacks.append(
+            _EpochEndCheckpoint(
+                dirpath=out,
+                filename=Path(BEST_NAME).stem,
+                monitor="val_loss",
+                mode="min",
+                save_top_k=1,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
+        )
+    callbacks += [_LastCheckpoint(out, stop), _MetricsFile(metrics_path, stop)]
+    stop.install()  # from here on, before Lightning's own handler (see _StopOnSignal)
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:  # Lightning's INFO chatter (devices, tips, restoring); the progress bar and warnings stay
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            for pattern in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            trainer = L.Trainer(
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                max_epochs=config.epochs,
+                max_steps=max_steps,
+                gradient_clip_val=config.clip,
+                gradient_clip_algorithm="norm" if config.clip is not None else None,
+                logger=False,
+                enable_model_summary=False,
+                enable_progress_bar=progress,
+                num_sanity_val_steps=0,
+                inference_mode=False,
+                use_distributed_sampler=False,  # ResumableLoader splits the data per process itself
+                reload_dataloaders_every_n_epochs=1,  # each epoch's order is a function of (seed, epoch)
+                limit_val_batches=None if val is not None else 0,
+                default_root_dir=out,
+                plugins=[_AtomicCheckpointIO()],
+                callbacks=callbacks,
+            )
+            try:
+                trainer.fit(module, ckpt_path=ckpt_path if start.resumed else None, weights_only=True)
+            except SIGTERMException:  # Lightning's SIGTERM path (see _StopOnSignal): last.ckpt is written
+                stop.signum = stop.signum or signal.SIGTERM
+    finally:
+        stop.restore()
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        for name, m in model.named_modules():
+            if name in modes:
+                m.train(modes[name])
+        if device is not None:
+            model.to(device)
+    if module._trained_here:
+        history, step, epoch, interrupted = module.history, trainer.global_step, module.epochs_done, stop.signum
+    else:  # ddp_spawn: the processes that trained are gone; rank 0's metrics file is the record
+        doc = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        history = doc.get("history", [])
+        step, epoch = int(doc.get("global_step", start.step)), int(doc.get("epoch", start.epoch))
+        interrupted = int(signal.Signals[doc["interrupted"]]) if doc.get("interrupted") else None
+    if interrupted is not None:
+        raise TrainingInterrupted(interrupted, ckpt_path, epoch, step)
+    if stop.pending is not None and threading.current_thread() is threading.main_thread():
+        signal.raise_signal(stop.pending)  # too late to stop training: deliver it to the previous handler
+    return TrainResult(history, ckpt_path, metrics_path, model, epoch >= config.epochs, step)
+
+
+def _metrics_doc(
+    config: TrainConfig,
+    spec: Mapping[str, Any] | None,
+    history: list[dict[str, Any]],
+    finished: bool,
+    epoch: int,
+    step: int,
+) -> dict[str, Any]:
+    return {
+        "config": config.to_dict(),
+        "model_spec": dict(spec) if spec is not None else None,
+        "history": history,
+        "finished": finished,
+        "epoch": epoch,
+        "global_step": step,
+    }
+
+
+def _resume_point(path: Path, model: nn.Module, config: TrainConfig) -> _Start:
+    """What ``path`` (last.ckpt) records, after checking that ``config`` may continue it; loads its weights into
+    ``model`` (so that a finished run returns the trained model without training)."""
+    ckpt = read_checkpoint(path)
+    meta = ckpt["relprop"]
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written by another version of relprop (checkpoint format "
+            f"{meta.get('format')!r}, this version reads {FORMAT}); use resume=False to start over, or another out_dir"
+        )
+    saved: TrainConfig = meta["config"]
+    a, b = saved.to_dict(), config.to_dict()
+    differing = [k for k in a if k != "epochs" and a[k] != b[k]]
+    if differing:
+        detail = "; ".join(f"{k}: checkpoint {a[k]!r}, now {b[k]!r}" for k in differing)
+        raise ValueError(
+            f"cannot resume from {path}: its training config differs in {', '.join(differing)} ({detail}). "
+            "Use the same config (only epochs may change), another out_dir, or resume=False to start over"
+        )
+    try:
+        model.load_state_dict(model_state(ckpt))
+    except RuntimeError as exc:
+        raise CheckpointError(f"cannot resume from {path}: its weights do not fit the model: {exc}") from exc
+    start = _Start(
+        epoch=int(meta["epoch"]),
+        batch=int(meta.get("batch", 0)),
+        step=int(meta["global_step"]),
+        history=[dict(h) for h in meta.get("history", [])],
+        resumed=True,
+    )
+    if start.batch and start.epoch >= config.epochs:
+        raise ValueError(f"cannot resume from {path}: it stopped inside epoch {start.epoch}, after config.epochs")
+    if start.epoch > config.epochs:
+        raise ValueError(
+            f"cannot resume from {path}: it has trained {start.epoch} epochs, more than config.epochs={config.epochs}"
+        )
+    return start
+
+
+__all__ = ["TrainResult", "fit"]

@@ -1,0 +1,130 @@
+"""The loss of one training batch (:func:`isnet_step`) for plain CE, RRR and the ISNet variants, and the batch
+checks. Needs no ``lightning``: users with their own loop call it and do ``loss.backward()`` themselves.
+
+Batches are triples ``(x, mask, y)``: images (B, C, H, W) in [low, high], binary foreground masks
+(B, 1, H, W) (or (B, H, W)) and integer labels (B,).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import InputError
+from .config import METHODS, TrainConfig, p_at
+from .loss import isnet_loss
+from .variants import ISNetMaps, rrr_penalty
+
+
+def unpack_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """``(images, masks (B, 1, H, W) in the images' dtype, labels int64 (B,))`` of a batch triple; raises
+    :class:`~relprop.errors.InputError` naming what does not fit."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+        found = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch)
+        raise InputError(f"a batch must be a triple (images, masks, labels); got {found}")
+    x, mask, y = batch
+    for name, value in (("images", x), ("masks", mask), ("labels", y)):
+        if not isinstance(value, Tensor):
+            raise InputError(f"batch {name} must be a tensor, got {type(value).__name__}")
+    if x.dim() != 4 or not x.is_floating_point():
+        raise InputError(f"images must be a float tensor (B, C, H, W), got {x.dtype} of shape {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    if mask.dim() == 3:
+        mask = mask.unsqueeze(1)
+    if tuple(mask.shape) != (b, 1, h, w):
+        raise InputError(
+            f"masks have shape {tuple(mask.shape)} but the images have shape {tuple(x.shape)}: "
+            f"expected masks of shape ({b}, 1, {h}, {w})"
+        )
+    y = y.reshape(-1) if y.dim() == 2 and y.shape[1] == 1 else y
+    if y.dim() != 1 or y.shape[0] != b or y.is_floating_point() or y.is_complex():
+        raise InputError(f"labels must be integer class indices of shape ({b},), got {y.dtype} {tuple(y.shape)}")
+    return x, mask.to(x.dtype), y.long()
+
+
+def build_maps(model: nn.Module, config: TrainConfig) -> ISNetMaps:
+    """The :class:`~relprop.isnet.ISNetMaps` of ``config.method`` (an ISNet variant) for ``model``; fails with a
+    TracingError naming the module if relprop cannot trace it."""
+    return ISNetMaps(
+        model,
+        config.method,
+        low=config.low,
+        high=config.high,
+        epsilon=config.epsilon,
+        selective_class=config.selective_class,
+    )
+
+
+def isnet_step(
+    model: nn.Module,
+    batch: Sequence[Tensor],
+    config: TrainConfig,
+    *,
+    maps: ISNetMaps | None = None,
+    epoch: int = 0,
+    step: int | None = None,
+    generator: torch.Generator | None = None,
+    create_graph: bool = True,
+) -> tuple[Tensor, dict[str, float]]:
+    """Loss of one batch for users with their own loop (they call ``loss.backward()`` and the optimiser).
+
+    ``plain``: CE; ``rrr``: CE + λ·penalty (:func:`~relprop.isnet.variants.rrr_penalty`); ISNet variants:
+    :func:`~relprop.isnet.isnet_loss` with logits and maps from ONE forward through
+    ``ISNetMaps(model, variant, low=, high=, epsilon=, selective_class=)`` (build it once and pass it as
+    ``maps=`` for speed). ``epoch`` selects P from a schedule and, with ``step``, names the place of a
+    non-finite loss in the error. ``generator`` draws the stochastic variant's classes (default: torch's
+    global RNG). ``create_graph=False`` gives a loss without gradients through the maps (evaluation).
+
+    Returns ``(loss, {"loss", "ce", "heatmap" (ISNet), "rrr" (rrr), "acc"})``.
+    """
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    x, mask, y = unpack_batch(batch)
+    where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+    stats: dict[str, float] = {}
+    if config.method == "plain":
+        logits = model(x)
+        loss = ce = F.cross_entropy(logits, y)
+    elif config.method == "rrr":
+        logits, penalty = rrr_penalty(model, x, mask, create_graph=create_graph)
+        ce = F.cross_entropy(logits, y)
+        loss = ce + config.rrr_lambda * penalty
+        stats["rrr"] = float(penalty.detach())
+    else:
+        if maps is None:
+            maps = build_maps(model, config)
+        elif maps.model is not model or maps.variant != config.method:
+            raise ValueError(
+                f"maps= was built for {type(maps.model).__name__} with variant {maps.variant!r}; this step trains "
+                f"{type(model).__name__} with method {config.method!r}"
+            )
+        logits, heatmaps = maps(x, y, create_graph=create_graph, generator=generator)
+        if not bool(torch.isfinite(heatmaps).all()):
+            raise FloatingPointError(
+                f"training diverged at {where} (method {config.method!r}): the relevance maps contain NaN or Inf; "
+                "lower the learning rate or P, or check the inputs"
+            )
+        loss, ce, heat = isnet_loss(logits, y, heatmaps, mask, p_at(config, epoch), config.loss)
+        stats["heatmap"] = float(heat.detach())
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"training diverged at {where} (method {config.method!r}): the loss is {value} (CE "
+            f"{float(ce.detach())}); lower the learning rate or check the inputs"
+        )
+    stats = {
+        "loss": value,
+        "ce": float(ce.detach()),
+        **stats,
+        "acc": float((logits.detach().argmax(1) == y).float().mean()),
+    }
+    return loss, stats
+
+
+__all__ = ["build_maps", "isnet_step", "unpack_batch"]
