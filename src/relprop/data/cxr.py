@@ -150,6 +150,12 @@ def default_cxr_sources(num_classes: int = 2, n_train: int = 800, n_external: in
     border on 10 % of ``opacity`` and 75 % of ``normal`` images. ``hospital_c``: uniform prevalence, marker
     rates derived (see :class:`CXRConfig`).
     """
+    prev_a: tuple[float, ...]
+    prev_b: tuple[float, ...]
+    tag_a: tuple[float, ...]
+    tag_b: tuple[float, ...]
+    border_a: tuple[float, ...]
+    border_b: tuple[float, ...]
     if num_classes == 2:
         prev_a, prev_b = (0.35, 0.65), (0.7, 0.3)
         tag_a, tag_b, border_a, border_b = (0.1, 0.9), (0.05, 0.7), (0.6, 0.2), (0.75, 0.1)
@@ -384,7 +390,8 @@ def load_lung_masks(limit: int | None = None, *, cache_dir: str | os.PathLike[st
             _MEMO[(zkey, None)] = full
     if full is None:
         with zipfile.ZipFile(io.BytesIO(raw)) as z:
-            masks, names = [], []
+            masks: list[np.ndarray] = []
+            names: list[str] = []
             for name in _zip_members(z):
                 if limit is not None and len(masks) >= limit:
                     break

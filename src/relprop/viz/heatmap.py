@@ -207,9 +207,33 @@ def heatmap_grid(
     return fig
 
 
-def save_grid(path: str | os.PathLike[str], *args: object, **kwargs: object) -> Path:
+def save_grid(
+    path: str | os.PathLike[str],
+    images: Sequence[ArrayLike],
+    heatmaps: Mapping[str, Sequence[ArrayLike]],
+    *,
+    row_titles: Sequence[str] | None = None,
+    input_title: str = "input",
+    cmap: str | Colormap = "bwr",
+    normalize: Normalize = "max",
+    overlay: bool = False,
+    cell_size: float = 1.6,
+    dpi: int = 100,
+    title: str | None = None,
+) -> Path:
     """Render :func:`heatmap_grid` (same arguments) and write it atomically as a PNG; returns the path."""
-    fig = heatmap_grid(*args, **kwargs)  # type: ignore[arg-type]
+    fig = heatmap_grid(
+        images,
+        heatmaps,
+        row_titles=row_titles,
+        input_title=input_title,
+        cmap=cmap,
+        normalize=normalize,
+        overlay=overlay,
+        cell_size=cell_size,
+        dpi=dpi,
+        title=title,
+    )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
     fig.clear()
