@@ -232,17 +232,21 @@ def gradient_x_input() -> Composite:
 
 def isnet(epsilon: float = 0.01, low: float | Tensor = 0.0, high: float | Tensor = 1.0) -> Composite:
     """The ISNet training rules: z^B with bounds [low, high] on the first layer, LRP-0 on the last
-    (classifier) layer, LRP-ε (stabiliser ε·sign(z)) on every other Linear/Conv layer."""
+    (classifier) layer, LRP-ε (stabiliser ε·sign(z)) on every other Linear/Conv layer and on BatchNorm that
+    cannot be folded (DenseNet's, after a concatenation: y = s ⊙ x + t is a linear layer whose shift takes
+    its share; passing R through it unchanged would divide by near-zero inputs further down)."""
     return Composite(
-        [(WEIGHTED_TYPES, Epsilon(epsilon))], first=ZBox(low, high), last=Zero(), add=Norm(1e-6),
+        [(WEIGHTED_TYPES + BATCHNORM_MODULES, Epsilon(epsilon))], first=ZBox(low, high), last=Zero(), add=Norm(1e-6),
         pool=Norm(1e-6), name="isnet",
     )  # fmt: skip
 
 
 def isnet_zplus(low: float | Tensor = 0.0, high: float | Tensor = 1.0) -> Composite:
-    """The second map of the dual ISNet: z^B [low, high] on the first layer, z⁺ on every other layer."""
+    """The second map of the dual ISNet: z^B [low, high] on the first layer, z⁺ on every other layer
+    (stand-alone BatchNorm included)."""
     return Composite(
-        [(WEIGHTED_TYPES, ZPlus())], first=ZBox(low, high), add=Norm(1e-6), pool=Norm(1e-6), name="isnet_zplus"
+        [(WEIGHTED_TYPES + BATCHNORM_MODULES, ZPlus())], first=ZBox(low, high), add=Norm(1e-6), pool=Norm(1e-6),
+        name="isnet_zplus",
     )
 
 

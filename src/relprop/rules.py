@@ -91,6 +91,10 @@ class Rule:
     conserving: frozenset[str] = frozenset({"maxpool"})
     #: the rule reads the sign of the layer input (known statically after ReLUs, else checked at run time)
     uses_input_sign: bool = False
+    #: the rule derives other weights from the layer's (W⁺, W², ...), so a folded BatchNorm must be part of
+    #: the weights; False: the rule uses the map only through z = W a + b and Wᵀ s, and the BatchNorm scale
+    #: may stay apart (cheaper where the fold is recomputed, in training)
+    modifies_weights: bool = False
     #: the output relevance this rule starts from when it receives the model's output: the explained logit
     #: (``"logit"``: Σ R = logit for conserving rules) or 1 (``"unit"``: gradients, R-LRP)
     seed: str = "logit"
@@ -206,6 +210,7 @@ class _PosNeg(Rule):
     multiplies_input = _LINEAR
     conserving = _LINEAR | {"maxpool"}
     uses_input_sign = True
+    modifies_weights = True
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)
@@ -288,6 +293,7 @@ class Gamma(Rule):
     multiplies_input = _LINEAR
     conserving = _LINEAR | {"maxpool"}
     uses_input_sign = True
+    modifies_weights = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
         if gamma < 0:
@@ -346,6 +352,7 @@ class ZBox(Rule):
 
     name = "zbox"
     conserving = _LINEAR | {"maxpool"}
+    modifies_weights = True
 
     def __init__(self, low: float | Tensor = 0.0, high: float | Tensor = 1.0, stabilizer: float = 1e-6) -> None:
         lo, hi = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
@@ -381,6 +388,7 @@ class WSquare(Rule):
 
     name = "wsquare"
     conserving = _LINEAR | {"maxpool"}
+    modifies_weights = True
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)
@@ -400,6 +408,7 @@ class Flat(Rule):
 
     name = "flat"
     conserving = _LINEAR | {"maxpool"}
+    modifies_weights = True
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)

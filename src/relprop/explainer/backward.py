@@ -40,7 +40,7 @@ def _linear(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges
     env = ctx.env
     in_node = step.inputs[0].node
     a, z = env[in_node], env[step.node]
-    layer = env.pop((step.node, "map"), None) or LinearMap(step, a, z, env)
+    layer = env.pop((step.node, "map"), None) or LinearMap(step, a, z, env, fold_weights=rule.modifies_weights)
     layer.input_nonneg = ctx.graph.nonneg.get(step.inputs[0]) if rule.uses_input_sign else None
     layer.negative_outputs_silent = ctx.plan.neg_silent.get(step, False)
     layer.output_proportional = ctx.plan.proportional.get(step, False)

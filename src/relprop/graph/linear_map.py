@@ -26,15 +26,25 @@ class LinearMap:
     them); ``transpose(s, weight, like)`` computes Wᵀ s, the input-gradient of the map.
     For parameter-free maps (average pooling) ``weight`` is ``None`` and the map is the step's
     own function; its weights are non-negative.
+
+    A following BatchNorm (scale σ, shift τ per output channel) is folded into the weights, W' = σ ⊙ W and
+    b' = σ ⊙ b + τ, when ``fold_weights`` (rules that modify weights, W'⁺ etc., need the folded ones; in eval
+    mode without a graph the fold is cached). Otherwise ``out_scale`` = σ is kept apart and the map is
+    z = σ ⊙ (W x) + b': the same linear map, but where the fold is recomputed every call (training) it costs an
+    elementwise product on the activations instead of one on every weight, and its gradient likewise.
     """
 
-    def __init__(self, step: Step, a: Tensor, z: Tensor, env: dict[fx.Node, Any]) -> None:
+    def __init__(
+        self, step: Step, a: Tensor, z: Tensor, env: dict[fx.Node, Any], fold_weights: bool = True
+    ) -> None:
         self.step = step
         module = step.module
         self.module = module
         self._pool_call = None
         self.weight: Tensor | None = None
         self.bias: Tensor | None = None
+        #: per-output-channel scale σ applied after W (a BatchNorm kept apart from the weights), or None
+        self.out_scale: Tensor | None = None
         #: the input is known to be non-negative (True), known not to be (False), or unknown (None)
         self.input_nonneg: bool | None = None
         #: no relevance can arrive at negative outputs (the step feeds only ReLUs)
@@ -63,7 +73,12 @@ class LinearMap:
                 scale, shift = bn_affine(bn_mod, pre)
                 return fold_affine(module, w0, b0, scale, shift)
 
-            self.weight, self.bias = self.modified("fold", fold)
+            if fold_weights or (self._version is not None and not torch.is_grad_enabled()):
+                self.weight, self.bias = self.modified("fold", fold)
+            else:
+                scale, shift = bn_affine(bn_mod, pre)
+                self.weight, self.out_scale = w0, scale
+                self.bias = shift if b0 is None else b0 * scale + shift
         else:
             self.weight, self.bias = module.weight, module.bias
 
@@ -90,6 +105,17 @@ class LinearMap:
             shape = (1, -1) + (1,) * (x.dim() - 2)
             z = x * weight.view(shape)
             return z + bias.view(shape) if bias is not None else z
+        if self.out_scale is not None:
+            z = self._raw(x, weight, None) * self._channel(self.out_scale, x.dim())
+            return z if bias is None else z + self._channel(bias, x.dim())
+        return self._raw(x, weight, bias)
+
+    @staticmethod
+    def _channel(v: Tensor, dim: int) -> Tensor:
+        return v.view((1, -1) + (1,) * (dim - 2))
+
+    def _raw(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        m = self.module
         if isinstance(m, nn.Linear):
             return F.linear(x, weight, bias)
         assert isinstance(m, (nn.modules.conv._ConvNd,))
@@ -114,6 +140,8 @@ class LinearMap:
         if isinstance(m, BATCHNORM_MODULES):
             assert weight is not None
             return s * weight.view((1, -1) + (1,) * (s.dim() - 2))
+        if self.out_scale is not None:
+            s = s * self._channel(self.out_scale, s.dim())
         if isinstance(m, nn.Linear):
             assert weight is not None
             return s.matmul(weight)
