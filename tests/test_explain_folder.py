@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +18,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from relprop import explain_folder
+from relprop.batch import explain_folder
+from relprop.batch.explain_folder import MANIFEST, SETTINGS, ImageFiles
 from relprop.cli import main
-from relprop.explain_folder import MANIFEST, SETTINGS, ImageFiles
 from relprop.explainer import Explainer
 from relprop.viz.heatmap import to_heatmap
 
@@ -101,6 +102,13 @@ def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str,
     return code, captured.out, captured.err
 
 
+def _unreadable_warnings(err: str) -> int:
+    """Unreadable files reported while the run went on (one ``relprop: warning:`` line each)."""
+    return sum(
+        line.startswith("relprop: warning: ") and "unreadable image" in line for line in re.split(r"[\r\n]", err)
+    )
+
+
 def _lines(out: Path) -> int:
     """Complete (newline-terminated) manifest lines."""
     try:
@@ -173,16 +181,20 @@ def test_interrupted_and_resumed_runs_equal_an_uninterrupted_one(folder, tmp_pat
     err = log.read_text()
     assert child.returncode == 0 and (flags / "exit2").read_text() == "130", err
     run1, run2 = err.split("run 1: exit 130")
-    assert "interrupted by SIGINT: 16 of 40 images done; run the same command again to resume" in run1
-    assert run1.count("cannot read image") == 1 and "a00_broken.png" in run1
-    assert "interrupted by SIGTERM: 32 of 40 images done" in run2 and "cannot read image" not in run2
+    stop = "relprop: interrupted: SIGINT received; 16 of 40 images done; run the same command again to resume"
+    assert stop in run1 and "relprop: error" not in run1
+    assert _unreadable_warnings(run1) == 1 and "a00_broken.png: unreadable image" in run1
+    assert "relprop: interrupted: SIGTERM received; 32 of 40 images done" in run2
+    assert _unreadable_warnings(run2) == 0 and "relprop: error" not in run2
     assert _identity(out).items() >= first.items()  # earlier outputs were not written again
     second = _identity(out)
 
     code, stdout, err = _run(capsys, _argv(f, out, "--save-raw"))
     assert code == 2
     assert "wrote 7 heatmaps" in stdout and "31 done before (skipped)" in stdout and "2 unreadable files" in stdout
-    assert "1 unreadable file recorded by an earlier run skipped" in err and err.count("cannot read image") == 1
+    errors = [line for line in err.splitlines() if line.startswith("relprop: error: ")]
+    assert len(errors) == 1 and "1 unreadable image file: " in errors[0] and "zz_broken.jpg" in errors[0]
+    assert "1 unreadable file recorded by an earlier run skipped" in errors[0] and _unreadable_warnings(err) == 1
     assert _identity(out).items() >= second.items()
 
     assert _files(out) == _files(reference)  # PNG, npy and explain.json byte for byte; no temporary files
@@ -198,7 +210,7 @@ def test_manifest_and_raw_relevance(folder, tmp_path, capsys) -> None:
     assert len(entries) == 40
     assert (
         entries["zz_broken.jpg"]["status"] == "unreadable"
-        and "not a readable image" in entries["zz_broken.jpg"]["error"]
+        and "unreadable image (UnidentifiedImageError" in entries["zz_broken.jpg"]["error"]
     )
     e = entries["img_30.png"]
     assert e["image"] == str((f["images"] / "sub" / "img_30.png").resolve())
@@ -209,7 +221,7 @@ def test_manifest_and_raw_relevance(folder, tmp_path, capsys) -> None:
     assert r.dtype == np.float32 and r.shape == (3, SIZE, SIZE)
     assert r.sum(dtype=np.float64) == pytest.approx(e["relevance_sum"], rel=1e-12)
     assert np.array_equal(np.asarray(Image.open(out / e["heatmap"])), to_heatmap(r))
-    x = torch.from_numpy(ImageFiles([f["images"] / "sub" / "img_30.png"], SIZE, "RGB")[0][1])[None]
+    x = torch.from_numpy(ImageFiles([f["images"] / "sub" / "img_30.png"], SIZE, 3)[0][1])[None]
     mean, std = (
         torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
         torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
@@ -233,9 +245,9 @@ def test_images_stream_through_the_dataloader_in_batches(folder, tmp_path, capsy
             super().__init__(*args, **kwargs)
             loaders.append(self)
 
-    def spy_load(path, size, mode):
+    def spy_load(path, size, channels):
         loads.append(path)
-        return original_load(path, size, mode)
+        return original_load(path, size, channels)
 
     def spy_explain(self, x, *args, **kwargs):
         batches.append((len(x), len(loads)))
@@ -268,7 +280,7 @@ def test_other_options_are_an_error_and_overwrite_redoes_everything(folder, tmp_
 
     code, stdout, err = _run(capsys, _argv(f, out, "--composite", "epsilon", "--overwrite"))
     assert code == 2 and "wrote 38 heatmaps" in stdout and "skipped" not in stdout
-    assert err.count("cannot read image") == 2  # recorded unreadable files are retried too
+    assert _unreadable_warnings(err) == 2  # recorded unreadable files are retried too
     after = _identity(out)
     assert all(after[k] != v for k, v in before.items())
     assert len(_entries(out)) == 40
@@ -288,7 +300,7 @@ def test_torn_line_missing_output_and_changed_unreadable_file(folder, tmp_path, 
     _image(broken, np.random.default_rng(1), (SIZE, SIZE, 3))  # fixed: retried
     code, stdout, err = _run(capsys, _argv(f, out))
     assert code == 2 and "wrote 2 heatmaps" in stdout and "37 done before (skipped)" in stdout
-    assert "1 unreadable file recorded by an earlier run skipped" in err and "cannot read image" not in err
+    assert "1 unreadable file recorded by an earlier run skipped" in err and _unreadable_warnings(err) == 0
     assert (out / "sub" / "img_30_heatmap.png").is_file() and (out / "sub" / "zz_broken_heatmap.png").is_file()
     assert (out / MANIFEST).read_bytes().endswith(b"\n")  # the torn line was dropped before appending
     entries = _entries(out)  # every line parses

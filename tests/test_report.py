@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from relprop.viz._report_markdown import FolderMarkdown
-from relprop.viz.report import ReportError, add_arguments, markdown_to_html, render_report, run
+from relprop.cli.report import add_arguments, run
+from relprop.viz.report import ReportError, markdown_to_html, render_report
 
 SPLITS = ("test_biased", "test_unbiased", "test_deceiving")
 APT = "apt-get update && apt-get install -y chromium chromium-driver"

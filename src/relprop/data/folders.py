@@ -19,16 +19,15 @@ grey with ITU-R 601 weights). Masks are read as grey and must already be binary:
 Items are ``(image, mask, label)`` as in :class:`relprop.data.MaskedTensorDataset`: image float32 (C, H, W)
 in [0, 1], mask float32 (1, H, W) in {0, 1}, label an int64 scalar tensor.
 
-``python -m relprop.data.folders ROOT [--csv F] [--mask-root D]`` lists every problem of a data set.
+``relprop check-data ROOT [--csv F] [--mask-root D]`` (or :func:`check_folder`) lists every problem of a data set.
+Images are read by :func:`relprop.data.images.read_image`, the package's one image reader.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv as csv_module
 import math
 import os
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,26 +36,21 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError, DataProblem
+from .images import IMAGE_EXTENSIONS, image_files, open_image, read_image
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "DataError", "DataProblem", "LabelledSubset", "MaskedImageFolder", "Sample",
-    "add_check_arguments", "check_folder", "main", "run_check", "split", "split_by_source",
+    "IMAGE_EXTENSIONS", "DataCheck", "DataError", "DataProblem", "LabelledSubset", "MaskedImageFolder", "Sample",
+    "check_data", "check_folder", "split", "split_by_source",
 ]  # fmt: skip
 
-#: File extensions read as images and masks (compared in lower case).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
-)
 MASKS_DIR = "masks"  # the default mask folder inside ROOT
 _SHOWN_PROBLEMS = 5  # problems quoted in a DataError raised by the constructor
 _SHOWN_VALUES = 6  # mask values quoted in a "not binary" message
 _MASK_HIGH = (1, 255, 65535)  # the foreground value of a binary mask
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
 PathLike = str | os.PathLike[str]
 Augment = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -81,52 +75,6 @@ class Sample(NamedTuple):
 # Reading files
 
 
-def _is_image_file(entry: os.DirEntry[str]) -> bool:
-    return (
-        not entry.name.startswith(".")
-        and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-        and entry.is_file()
-    )
-
-
-def _image_files(folder: Path) -> list[Path]:
-    with os.scandir(folder) as entries:
-        return sorted(Path(e.path) for e in entries if _is_image_file(e))
-
-
-def _open(path: Path, what: str) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except FileNotFoundError:
-        raise _error(path, f"{what} not found", "missing") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise _error(path, f"unreadable {what} ({type(exc).__name__}: {exc})", "unreadable") from None
-    return image
-
-
-def _read_image(path: Path, channels: int = 1) -> np.ndarray:
-    """The image at ``path`` as float32 (H, W, channels) in [0, 1]."""
-    with _open(path, "image") as image:
-        mode = image.mode
-        if mode in ("1", "L", "LA", "La"):
-            grey = np.asarray(image.convert("L"), dtype=np.float32) / 255
-        elif mode.startswith("I;16"):
-            grey = np.asarray(image).astype(np.float32) / 65535
-        elif mode in ("I", "F"):
-            values = np.asarray(image)
-            top = 65535 if mode == "I" else 1
-            low, high = (values.min(), values.max()) if values.size else (0, 0)
-            if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= top):
-                message = f"{mode}-mode image values {low}..{high} lie outside 0..{top} (expected for this mode)"
-                raise _error(path, message, "unsupported")
-            grey = values.astype(np.float32) / top
-        else:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
-            return rgb @ _LUMA[:, None] if channels == 1 else rgb
-    return np.repeat(grey[:, :, None], channels, axis=2)
-
-
 def _format_values(values: np.ndarray) -> str:
     unique = np.unique(values)
     shown = ", ".join(f"{v:g}" for v in unique[:_SHOWN_VALUES].tolist())
@@ -135,7 +83,7 @@ def _format_values(values: np.ndarray) -> str:
 
 def _read_mask(path: Path) -> np.ndarray:
     """The mask at ``path`` as a bool (H, W) array (True = foreground); it must already be binary."""
-    with _open(path, "mask") as mask:
+    with open_image(path, "mask") as mask:
         if mask.mode == "1":
             return np.asarray(mask).astype(bool)
         grey = mask if mask.mode in ("L", "I", "F") or mask.mode.startswith("I;16") else mask.convert("L")
@@ -192,14 +140,14 @@ def _folder_samples(
         if folder is None:
             problems.append(DataProblem(root / name, f"class folder of class {name!r} not found", "layout"))
             continue
-        images = _image_files(folder)
+        images = image_files(folder)
         if not images:
             problems.append(DataProblem(folder, "empty class folder (no image files)", "empty_class"))
             continue
         masks: dict[str, list[Path]] = defaultdict(list)
         class_masks = mask_dir / name
         if class_masks.is_dir():
-            for path in _image_files(class_masks):
+            for path in image_files(class_masks):
                 masks[path.stem].append(path)
         elif mask_dir.is_dir():
             problems.append(DataProblem(class_masks, f"mask folder missing ({len(images)} images)", "missing"))
@@ -405,7 +353,7 @@ class MaskedImageFolder(Dataset[tuple[Tensor, Tensor, Tensor]]):
             shown = "\n".join(f"  {p}" for p in problems[:_SHOWN_PROBLEMS])
             more = len(problems) - _SHOWN_PROBLEMS
             tail = f"\n  … and {more} more" if more > 0 else ""
-            command = f"python -m relprop.data.folders {' '.join(_check_argv(root, csv, mask_root))}"
+            command = f"relprop check-data {' '.join(_check_argv(root, csv, mask_root))}"
             raise DataError(
                 f"{len(problems)} problem{'s' * (len(problems) != 1)} in the data set {_where(root, csv)}:\n"
                 f"{shown}{tail}\n(`{command}` lists every problem)",
@@ -428,7 +376,7 @@ class MaskedImageFolder(Dataset[tuple[Tensor, Tensor, Tensor]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
         sample = self.samples[index]
-        array = _read_image(sample.image, self.channels)
+        array = read_image(sample.image, self.channels)
         mask_array = _read_mask(sample.mask)
         problem = _size_problem(sample, array.shape, mask_array.shape)
         if problem is not None:
@@ -580,14 +528,24 @@ def split_by_source(
 # Checking a data set
 
 
-def _check(
-    root: PathLike | None,
-    csv: PathLike | None,
-    mask_root: PathLike | None,
-    classes: Sequence[str] | None,
-    source_of: Callable[[Path], str] | None,
-    progress: bool,
-) -> tuple[list[Sample], tuple[str, ...], list[DataProblem]]:
+class DataCheck(NamedTuple):
+    """What :func:`check_data` found: the samples listed, the class names and every problem."""
+
+    samples: list[Sample]
+    class_names: tuple[str, ...]
+    problems: list[DataProblem]
+
+
+def check_data(
+    root: PathLike | None = None,
+    *,
+    csv: PathLike | None = None,
+    mask_root: PathLike | None = None,
+    classes: Sequence[str] | None = None,
+    source_of: Callable[[Path], str] | None = None,
+    progress: bool = False,
+) -> DataCheck:
+    """:func:`check_folder` with the samples and class names found as well (``relprop check-data`` counts them)."""
     samples, class_names, problems = _find_samples(root, csv, mask_root, classes, source_of)
     if not problems and not samples:
         problems.append(DataProblem(Path(_where(root, csv)), "no images found", "layout"))
@@ -595,14 +553,14 @@ def _check(
 
     for sample in tqdm(samples, desc="checking", unit="image", disable=None if progress else True, leave=False):
         shapes = []
-        for path, read in ((sample.image, _read_image), (sample.mask, _read_mask)):
+        for path, read in ((sample.image, read_image), (sample.mask, _read_mask)):
             try:
                 shapes.append(read(path).shape)
             except DataError as exc:
                 problems.extend(exc.problems)
         if len(shapes) == 2 and (problem := _size_problem(sample, *shapes)) is not None:
             problems.append(problem)
-    return samples, class_names, problems
+    return DataCheck(samples, class_names, problems)
 
 
 def check_folder(
@@ -620,64 +578,11 @@ def check_folder(
     than their image, empty or missing class folders, unknown CSV labels, duplicate entries. ``progress``
     shows a tqdm bar on a terminal.
     """
-    return _check(root, csv, mask_root, classes, source_of, progress)[2]
+    found = check_data(root, csv=csv, mask_root=mask_root, classes=classes, source_of=source_of, progress=progress)
+    return found.problems
 
 
 def _check_argv(root: PathLike | None, csv: PathLike | None, mask_root: PathLike | None) -> list[str]:
     argv = [] if root is None else [str(root)]
     argv += [] if csv is None else ["--csv", str(csv)]
     return argv + ([] if mask_root is None else ["--mask-root", str(mask_root)])
-
-
-def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the data-check arguments (``ROOT``, ``--csv``, ``--mask-root``, ``--classes``) to ``parser``."""
-    parser.add_argument(
-        "root", nargs="?", metavar="ROOT",
-        help="data folder ROOT/<class>/<image> with masks in ROOT/masks/<class>/<stem>.<ext>; with --csv, the "
-        "folder relative paths start from (default: the CSV's folder)",
-    )  # fmt: skip
-    parser.add_argument("--csv", metavar="FILE", help="CSV file with the columns image, mask, label[, source]")
-    parser.add_argument("--mask-root", metavar="DIR", help="mask folder <DIR>/<class>/<stem>.<ext> (folder layout)")
-    parser.add_argument("--classes", metavar="A,B,…", help="class names in index order, comma-separated")
-    return parser
-
-
-def run_check(args: argparse.Namespace) -> int:
-    """Check the data set named by ``args`` (see :func:`add_check_arguments`); print its problems one per line.
-
-    Returns 0 (and prints a summary) if there is none, 1 if there are problems, 2 for wrong arguments.
-    """
-    if args.root is None and args.csv is None:
-        print("error: give a data folder ROOT or --csv FILE", file=sys.stderr)
-        return 2
-    classes = None if not args.classes else [c.strip() for c in args.classes.split(",")]
-    try:
-        samples, class_names, problems = _check(args.root, args.csv, args.mask_root, classes, None, True)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"{len(problems)} problem{'s' * (len(problems) != 1)}", file=sys.stderr)
-        return 1
-
-    def count(n: int, noun: str, plural: str) -> str:
-        return f"{n} {noun if n == 1 else plural}"
-
-    sources = len({s.source for s in samples})
-    counts = [count(len(samples), "image", "images"), count(len(class_names), "class", "classes")]
-    print(f"{', '.join(counts)}, {count(sources, 'source', 'sources')}, no problems")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m relprop.data.folders ROOT [--csv F] [--mask-root D]``: exit status 0 if the data set is usable."""
-    parser = argparse.ArgumentParser(
-        prog="python -m relprop.data.folders", description="List every problem of an image + mask data set."
-    )
-    return run_check(add_check_arguments(parser).parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,6 @@ shows (``<body data-images-ok data-images data-table-rows>``), for headless-brow
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import cache
@@ -96,23 +95,4 @@ def render_report(runs: Sequence[Path], out: Path, *, title: str | None = None) 
     return out
 
 
-# -- command line -----------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``relprop report RUN [RUN ...] --out report.html [--title T]``."""
-    parser.add_argument(
-        "runs", nargs="+", type=Path, metavar="RUN", help="run folders (relprop train) or results folders"
-    )
-    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="the HTML file to write")
-    parser.add_argument("--title", default=None, help="page title (default: the folder names)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``relprop report``: write the HTML report and print its path."""
-    path = render_report(args.runs, args.out, title=args.title)
-    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
-    return 0
-
-
-__all__ = ["ReportError", "add_arguments", "markdown_to_html", "render_report", "run"]
+__all__ = ["ReportError", "markdown_to_html", "render_report"]

@@ -1,4 +1,4 @@
-"""``relprop explain`` over many images: bounded memory, incremental output, resume.
+"""Explaining many image files (``relprop explain``): bounded memory, incremental output, resume.
 
 Images stream through a :class:`torch.utils.data.DataLoader` over :class:`ImageFiles` in batches of a fixed grid:
 image ``k`` of the sorted list is always in batch ``k // batch_size``, so a resumed run computes exactly what an
@@ -24,9 +24,8 @@ import io
 import json
 import os
 import signal
-import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -38,26 +37,28 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import __version__
-from ._io import atomic_write_bytes, atomic_write_json
-from .cli import CLIError, load_image
-from .explainer import Explainer
-from .viz.heatmap import save_png, to_heatmap
+from .. import __version__
+from .._io import atomic_write_bytes, atomic_write_json
+from ..data.images import load_image
+from ..errors import DataError, UsageError
+from ..explainer import Explainer
+from ..viz.heatmap import save_png, to_heatmap
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "explain.json"
 Record = dict[str, Any]
 Stamp = dict[str, int]
-Item = tuple[int, np.ndarray | None, str | None, Stamp | None]
+Item = tuple[int, np.ndarray | None, DataError | None, Stamp | None]
 
 
 # -- data ------------------------------------------------------------------------------------------------------
 class ImageFiles(Dataset):
-    """Image files loaded on access with :func:`relprop.cli.load_image`: item ``i`` is ``(i, pixels, None, stamp)``,
-    or ``(i, None, message, stamp)`` for an unreadable file; ``stamp`` is the file's size and mtime before reading."""
+    """Image files loaded on access with :func:`relprop.data.images.load_image` (``channels`` 1 or 3): item ``i``
+    is ``(i, pixels, None, stamp)``, or ``(i, None, error, stamp)`` for an unreadable file (a
+    :class:`~relprop.errors.DataError`); ``stamp`` is the file's size and mtime before reading."""
 
-    def __init__(self, paths: Sequence[Path], size: int, mode: str) -> None:
-        self.paths, self.size, self.mode = list(paths), size, mode
+    def __init__(self, paths: Sequence[Path], size: int, channels: int) -> None:
+        self.paths, self.size, self.channels = list(paths), size, channels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,19 +66,19 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> Item:
         stamp = _stamp(self.paths[i])
         try:
-            return i, load_image(self.paths[i], self.size, self.mode), None, stamp
-        except CLIError as exc:
-            return i, None, str(exc), stamp
+            return i, load_image(self.paths[i], self.size, self.channels), None, stamp
+        except DataError as exc:
+            return i, None, exc, stamp
 
 
 @dataclass
 class ImageBatch:
     """A collated batch: the readable images' indices and pixels (B, C, H, W) in [0, 1], the unreadable ones'
-    indices and messages, and every file's stamp."""
+    indices and errors, and every file's stamp."""
 
     indices: list[int]
     pixels: Tensor | None
-    errors: list[tuple[int, str]]
+    errors: list[tuple[int, DataError]]
     stamps: dict[int, Stamp | None]
 
 
@@ -85,7 +86,7 @@ def collate_images(items: Sequence[Item]) -> ImageBatch:
     """``collate_fn`` for :class:`ImageFiles`."""
     good = [(i, a) for i, a, _, _ in items if a is not None]
     pixels = torch.from_numpy(np.stack([a for _, a in good])) if good else None
-    errors = [(i, str(e)) for i, a, e, _ in items if a is None]
+    errors = [(i, e) for i, a, e, _ in items if a is None and e is not None]
     return ImageBatch([i for i, _ in good], pixels, errors, {i: stamp for i, _, _, stamp in items})
 
 
@@ -129,6 +130,20 @@ def options_fingerprint(
         "overlay": overlay,
         "save_raw": save_raw,
     }
+
+
+def heatmap_paths(images: Sequence[Path], root: Path | None, out: Path) -> list[Path]:
+    """The heatmap file of each image: ``out/<folder relative to root>/<stem>_heatmap.png`` (``root`` None: directly
+    in ``out``); two images with one stem in one folder (``a.png``, ``a.jpg``) get ``<stem>_<ext>_heatmap.png``."""
+    folders = [p.parent.relative_to(root) if root is not None else Path() for p in images]
+    paths = [out / folder / f"{p.stem}_heatmap.png" for p, folder in zip(images, folders)]
+    counts: dict[Path, int] = {}
+    for q in paths:
+        counts[q] = counts.get(q, 0) + 1
+    return [
+        q.with_name(f"{p.stem}_{p.suffix.lstrip('.').lower()}_heatmap.png") if counts[q] > 1 else q
+        for p, q in zip(images, paths)
+    ]
 
 
 def _stamp(path: Path) -> Stamp | None:
@@ -186,7 +201,9 @@ class Manifest:
 @dataclass
 class Job:
     """One ``relprop explain`` run: ``images`` and their heatmap paths ``outputs`` (inside ``out``), the
-    explainer and the input preprocessing (``load_image`` at ``size`` in PIL ``mode``, then ``(x - mean) / std``)."""
+    explainer and the input preprocessing (``load_image`` at ``size`` with ``channels``, then ``(x - mean) / std``).
+    ``on_unreadable(path, message)`` is called for each unreadable file as it is found (the command line prints
+    it); ``raise_unreadable`` raises its :class:`~relprop.errors.DataError` instead (a single input file)."""
 
     images: list[Path]
     outputs: list[Path]
@@ -195,7 +212,7 @@ class Job:
     mean: Tensor
     std: Tensor
     size: int
-    mode: str
+    channels: int
     target: int | str
     fingerprint: Record
     overlay: bool = False
@@ -204,19 +221,20 @@ class Job:
     workers: int = 0
     overwrite: bool = False
     progress: bool = True
-    raise_unreadable: bool = False  # a single input file: raise CLIError instead of recording it
+    raise_unreadable: bool = False
+    on_unreadable: Callable[[Path, str], None] | None = None
 
 
 @dataclass
 class Summary:
     """What a run did: ``written`` images explained now, ``skipped`` explained by an earlier run, ``unreadable``
-    files found now (messages), ``unreadable_before`` recorded by an earlier run and unchanged, ``done`` images
-    recorded in all, and the signal that stopped it early (None: it went through)."""
+    files found now, ``unreadable_before`` recorded by an earlier run and unchanged, ``done`` images recorded in
+    all, and the signal that stopped it early (None: it went through)."""
 
     total: int
     written: int = 0
     skipped: int = 0
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[Path] = field(default_factory=list)
     unreadable_before: int = 0
     done: int = 0
     interrupted: str | None = None
@@ -272,7 +290,7 @@ class _Run:
         previous = self._previous_fingerprint()
         self.fresh = job.overwrite or previous != job.fingerprint
         if self.fresh and self.manifest.records and not job.overwrite:
-            raise CLIError(
+            raise UsageError(
                 f"{job.out} holds results of relprop explain with other options "
                 f"({_difference(previous, job.fingerprint)}); add --overwrite to redo them or choose another --out"
             )
@@ -325,15 +343,18 @@ class _Run:
         return self._file
 
     def _explain_batch(self, batch: ImageBatch, bar: tqdm) -> None:
-        job, new = self.job, {}
-        for i, message in batch.errors:
+        job, new = self.job, dict[int, Record]()
+        for i, error in batch.errors:
             if self.done[i]:
                 continue
             if job.raise_unreadable:
-                raise CLIError(message)
-            bar.write(f"relprop: error: {message}", file=sys.stderr)  # above the progress bar
-            self.summary.unreadable.append(message)
+                raise error
+            message = str(error)
+            if job.on_unreadable is not None:
+                job.on_unreadable(job.images[i], message)
+            self.summary.unreadable.append(job.images[i])
             new[i] = {"image": self.keys[i], "status": "unreadable", "error": message}
+        pixels = batch.pixels if batch.pixels is not None else torch.empty(0)
         if batch.pixels is not None:
             explanation = job.explainer.explain((batch.pixels - job.mean) / job.std, job.target)
             relevance = explanation.relevance.detach().float().cpu()
@@ -344,7 +365,7 @@ class _Run:
             if self.done[i]:
                 continue
             r, heatmap = relevance[j], self.heatmaps[i]
-            save_png(to_heatmap(r, overlay=batch.pixels[j] if job.overlay else None), job.out / heatmap)
+            save_png(to_heatmap(r, overlay=pixels[j] if job.overlay else None), job.out / heatmap)
             raw = None
             if job.save_raw:
                 raw = _raw_path(heatmap)
@@ -371,7 +392,7 @@ class _Run:
         job, n, size = self.job, len(self.job.images), self.job.batch_size
         grid = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
         loader = DataLoader(
-            ImageFiles(job.images, job.size, job.mode),
+            ImageFiles(job.images, job.size, job.channels),
             batch_sampler=[b for b in grid if not all(self.done[i] for i in b)],
             num_workers=job.workers,
             collate_fn=collate_images,
@@ -404,8 +425,8 @@ def explain_images(job: Job) -> Summary:
     skipping images an earlier run in ``job.out`` recorded (see the module docstring).
 
     Raises:
-        CLIError: ``job.out`` holds results of other options (and not ``job.overwrite``), or an unreadable
-            single input (``job.raise_unreadable``).
+        UsageError: ``job.out`` holds results of other options (and not ``job.overwrite``).
+        DataError: an unreadable image with ``job.raise_unreadable``.
     """
     if job.batch_size < 1 or job.workers < 0:
         raise ValueError(f"batch_size {job.batch_size} must be at least 1 and workers {job.workers} at least 0")
@@ -414,5 +435,5 @@ def explain_images(job: Job) -> Summary:
 
 __all__ = [
     "MANIFEST", "SETTINGS", "ImageBatch", "ImageFiles", "Job", "Manifest", "Summary", "collate_images",
-    "explain_images", "options_fingerprint",
+    "explain_images", "heatmap_paths", "options_fingerprint",
 ]  # fmt: skip

@@ -1,0 +1,77 @@
+"""``relprop evaluate RUN [RUN ...]``: accuracy and background relevance share of trained runs on the biased,
+unbiased and deceiving tests, and a heatmap grid."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._common import EVAL_FILE, load_run, wrap
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="accuracy and background relevance share of trained runs on the biased/unbiased/deceiving tests",
+        description=wrap(
+            "Evaluate one or more run folders written by `relprop train` on the three test sets (biased: the "
+            "training artefact-class pairing; unbiased: no artefact; deceiving: another class's artefact): "
+            "accuracy and the share of LRP relevance on the background, Σ_bg|R| / Σ|R|. Writes "
+            "evaluation.json and heatmaps.png."
+        ),
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders written by `relprop train`")
+    p.add_argument("--out", type=Path, metavar="DIR", help="folder for evaluation.json and heatmaps.png "
+                   "(default: the run folder when one run is given, required for several)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def _label(run: Path, meta: Mapping[str, Any], taken: list[str]) -> str:
+    method = str(meta.get("config", {}).get("method", run.name))
+    label, k = method, 2
+    while label in taken:
+        label, k = f"{method} ({k})", k + 1
+    return label
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Evaluate the runs, print the three-test table, write evaluation.json and heatmaps.png."""
+    import torch.nn as nn
+
+    from .._io import atomic_write_json
+    from ..data import BiasedDigitsConfig, biased_digits
+    from ..errors import UsageError
+    from ..isnet.evaluation import evaluate, heatmap_figure
+    from ..studies.demo import TEST_SPLITS, format_table
+
+    runs: list[Path] = args.runs
+    if len(runs) > 1 and args.out is None:
+        raise UsageError("--out is required when several runs are evaluated together")
+    out: Path = args.out or runs[0]
+    models: dict[str, nn.Module] = {}
+    data_cfg = None
+    results: dict[str, Any] = {}
+    for run in runs:
+        model, meta = load_run(run)
+        cfg = BiasedDigitsConfig(**meta["data"])
+        if data_cfg is not None and cfg != data_cfg:
+            raise UsageError(f"{run} was trained on other data than {runs[0]}; evaluate them separately")
+        data_cfg = cfg
+        splits = biased_digits(cfg)
+        label = _label(run, meta, list(models))
+        models[label] = model
+        tests = {s: splits[s] for s in TEST_SPLITS}
+        results[label] = {"run": str(run), **evaluate(model, tests, progress=not args.quiet)}
+    assert data_cfg is not None
+    print(format_table(results))
+    atomic_write_json(out / EVAL_FILE, results, indent=2)
+    splits = biased_digits(data_cfg)
+    fig = heatmap_figure(
+        models, splits["test_deceiving"], out / "heatmaps.png", class_names=splits["train"].class_names,
+        title="deceiving test: LRP of the predicted class",
+    )  # fmt: skip
+    print(f"wrote {out / EVAL_FILE} and {fig}")
+    return 0
