@@ -20,7 +20,11 @@ import subprocess
 import sys
 import time
 
-METHODS = ["gradient", "ours_epsilon", "ours_epsilon_plus_flat", "ours_epsilon_gamma_box", "ours_rlrp",
+COMPOSITES = ["epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "rlrp"]
+#: time / plain gradient that each composite should stay within (issue 9), through Explainer and relprop.explain
+TARGETS = {"epsilon": 1.15, "epsilon_plus_flat": 1.6, "epsilon_gamma_box": 1.8, "rlrp": 1.2}
+FUNCTIONAL_TARGET = 1.05  # relprop.explain / Explainer
+METHODS = ["gradient", *(f"ours_{c}" for c in COMPOSITES), *(f"fn_{c}" for c in COMPOSITES),
            "zennit_epsilon", "zennit_epsilon_plus_flat", "zennit_epsilon_gamma_box"]  # fmt: skip
 
 
@@ -34,7 +38,7 @@ def _current_rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def _build(model_name: str, batch: int, method: str, size: int):  # noqa: ANN202
+def _build(model_name: str, batch: int, method: str, size: int, device: str = "cpu"):  # noqa: ANN202
     """A model, an input and a zero-argument function running ``method`` once."""
     import copy
 
@@ -42,8 +46,8 @@ def _build(model_name: str, batch: int, method: str, size: int):  # noqa: ANN202
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, model_name)(weights=None).eval()
-    x = torch.rand(batch, 3, size, size)
+    model = getattr(torchvision.models, model_name)(weights=None).eval().to(device)
+    x = torch.rand(batch, 3, size, size, device=device)
     target = 7
 
     if method == "gradient":
@@ -59,6 +63,11 @@ def _build(model_name: str, batch: int, method: str, size: int):  # noqa: ANN202
 
         explainer = relprop.Explainer(model, method[len("ours_") :])
         return lambda: explainer(x, target)
+    if method.startswith("fn_"):  # the functional entry point, called afresh every time
+        import relprop
+
+        name = method[len("fn_") :]
+        return lambda: relprop.explain(model, x, target, name)
 
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, LayerMapComposite, layer_map_base
@@ -76,7 +85,7 @@ def _build(model_name: str, batch: int, method: str, size: int):  # noqa: ANN202
         comp = LayerMapComposite(
             layer_map_base() + [(Convolution, Epsilon()), (torch.nn.Linear, Epsilon())], canonizers=canon
         )
-    onehot = torch.zeros(batch, 1000)
+    onehot = torch.zeros(batch, 1000, device=device)
     onehot[:, target] = 1.0
     # zennit attaches hooks to the model it explains: give it its own copy
     attributor = Gradient(model=copy.deepcopy(model), composite=comp)
@@ -84,29 +93,43 @@ def _build(model_name: str, batch: int, method: str, size: int):  # noqa: ANN202
     return lambda: attributor(x, onehot)
 
 
-def time_worker(model_name: str, batch: int, methods: list[str], reps: int, size: int) -> dict[str, float]:
-    """All methods in one process, interleaved round by round; the median time per method."""
+def time_worker(
+    model_name: str, batch: int, methods: list[str], reps: int, size: int, device: str = "cpu"
+) -> dict[str, float]:
+    """All methods in one process, interleaved round by round (the order rotated each round); the median
+    time per method."""
     import torch
 
     torch.set_num_threads(1)
-    runs = {m: _build(model_name, batch, m, size) for m in methods}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    runs = {m: _build(model_name, batch, m, size, device) for m in methods}
     for run in runs.values():
         run()  # warm-up
     times: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(reps):
-        for m, run in runs.items():
+    order = list(runs)
+    for rep in range(reps):
+        k = rep % len(order)
+        for m in order[k:] + order[:k]:
+            sync()
             t0 = time.perf_counter()
-            run()
+            runs[m]()
+            sync()
             times[m].append(time.perf_counter() - t0)
     return {m: sorted(t)[len(t) // 2] for m, t in times.items()}
 
 
-def memory_worker(model_name: str, batch: int, method: str, size: int) -> float:
-    """Peak resident memory of one run of ``method`` above the level before it, in its own process."""
+def memory_worker(model_name: str, batch: int, method: str, size: int, device: str = "cpu") -> float:
+    """Peak resident memory of one run of ``method`` above the level before it, in its own process
+    (CPU only: on CUDA the peak of torch.cuda.max_memory_allocated, in MiB)."""
     import torch
 
     torch.set_num_threads(1)
-    run = _build(model_name, batch, method, size)
+    run = _build(model_name, batch, method, size, device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+        run()
+        return torch.cuda.max_memory_allocated() / 2**20 - base
     base = _current_rss_mib()
     run()
     return _rss_mib() - base
@@ -128,25 +151,30 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--time-worker", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.time_worker:
         model, batch = args.time_worker
-        print(json.dumps(time_worker(model, int(batch), args.methods, args.reps, args.size)))
+        print(json.dumps(time_worker(model, int(batch), args.methods, args.reps, args.size, args.device)))
         return
     if args.memory_worker:
         model, batch, method = args.memory_worker
-        print(json.dumps(memory_worker(model, int(batch), method, args.size)))
+        print(json.dumps(memory_worker(model, int(batch), method, args.size, args.device)))
         return
 
-    print(f"# relprop speed benchmark: 1 thread, input {args.size}x{args.size}, median of {args.reps} interleaved runs")
+    print(f"# relprop speed benchmark: 1 thread, {args.device}, input {args.size}x{args.size}, median of {args.reps} "
+          "interleaved runs")  # fmt: skip
     print("# x grad: time / plain input gradient (forward + input-gradient backward), same process, same rounds")
+    print("# ours_*: a reused Explainer; fn_*: relprop.explain(model, x, ...) called afresh; target: issue 9's bound")
     print("# peak MiB: peak resident memory of one run above the level before it, each method in its own process")
-    print(f"{'model':<10}{'batch':>6}  {'method':<28}{'time s':>9}{'x grad':>9}{'x zennit':>10}{'peak MiB':>10}")
+    head = f"{'model':<10}{'batch':>6}  {'method':<28}{'time s':>9}{'x grad':>9}{'x zennit':>10}{'peak MiB':>10}"
+    print(head + "  target")
     for model in args.models:
         for batch in args.batches:
-            common = ["--size", str(args.size), "--reps", str(args.reps), "--methods", *args.methods]
+            common = ["--size", str(args.size), "--reps", str(args.reps), "--device", args.device,
+                      "--methods", *args.methods]  # fmt: skip
             times = _sub(["--time-worker", model, str(batch), *common])
             assert isinstance(times, dict)
             grad = times.get("gradient")
@@ -156,7 +184,15 @@ def main() -> None:
                 ratio = f"{t / grad:9.2f}" if grad else f"{'-':>9}"
                 z = times.get(method.replace("ours_", "zennit_")) if method.startswith("ours_") else None
                 zratio = f"{t / z:10.2f}" if z else f"{'-':>10}"
-                print(f"{model:<10}{batch:>6}  {method:<28}{t:9.3f}{ratio}{zratio}{peak:>10}")
+                verdict = ""
+                name = method.split("_", 1)[1] if method.startswith(("ours_", "fn_")) else ""
+                if grad and name in TARGETS:
+                    verdict = f"<= {TARGETS[name]}: {'PASS' if t / grad <= TARGETS[name] else 'FAIL'}"
+                obj = times.get(f"ours_{name}") if method.startswith("fn_") else None
+                if obj:
+                    ok = t / obj <= FUNCTIONAL_TARGET
+                    verdict += f"; fn/object {t / obj:.3f} <= {FUNCTIONAL_TARGET}: {'PASS' if ok else 'FAIL'}"
+                print(f"{model:<10}{batch:>6}  {method:<28}{t:9.3f}{ratio}{zratio}{peak:>10}  {verdict}")
                 sys.stdout.flush()
 
 
