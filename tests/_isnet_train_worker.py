@@ -6,11 +6,15 @@ python tests/_isnet_train_worker.py signal OUT_DIR METHOD EPOCHS MARKER_AFTER_IT
 python tests/_isnet_train_worker.py ddp OUT_DIR STEPS
     trains the model without BatchNorm on 2 CPU processes (strategy="ddp", gloo); every rank writes its
     final parameters to OUT_DIR/params_rank{r}.pt
+python tests/_isnet_train_worker.py kill OUT_DIR EPOCHS_DONE
+    trains :func:`oscillating` and SIGKILLs itself right after the first checkpoint file written at the end of
+    epoch EPOCHS_DONE (1-based), before the next one
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,6 +83,22 @@ def plain_model(seed: int = 0, classes: int = 3) -> nn.Module:
     )
 
 
+def oscillating() -> tuple[nn.Module, Dataset, object]:
+    """A model, data (train = validation) and a config whose learning rate is high enough that the validation
+    loss goes up and down over 4 epochs (so that the best epoch is neither the first nor the last)."""
+    from relprop.isnet import TrainConfig
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(48, 1, 12, 12, generator=g)
+    mask = torch.zeros(48, 1, 12, 12)
+    mask[..., 3:9, 3:9] = 1
+    y = torch.arange(48) % 3
+    data = torch.utils.data.TensorDataset(x, mask, y)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(576, 3))
+    return model, data, TrainConfig(method="selective", epochs=4, batch_size=16, lr=1.0, seed=0)
+
+
 def build(spec: dict | None) -> nn.Module:
     spec = spec or {}
     return {"bn": bn_model, "plain": plain_model}[spec.get("arch", "bn")](seed=spec.get("init_seed", 99))
@@ -133,11 +153,31 @@ def _ddp_run(out_dir: str, steps: str, strategy: str = "ddp") -> int:
     return 0
 
 
+def _kill_run(out_dir: str, epochs_done: str) -> int:
+    """Train :func:`oscillating` into OUT_DIR; die by SIGKILL (no handler runs) right after the first checkpoint
+    file written once EPOCHS_DONE epochs are done."""
+    from relprop.isnet import fit
+    from relprop.isnet.fitting import _AtomicCheckpointIO
+
+    original = _AtomicCheckpointIO.save_checkpoint
+
+    def save_then_die(self, checkpoint, path, storage_options=None):
+        original(self, checkpoint, path, storage_options)
+        meta = checkpoint["relprop"]
+        if meta["epoch"] == int(epochs_done) and meta["batch"] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    _AtomicCheckpointIO.save_checkpoint = save_then_die
+    model, data, config = oscillating()
+    fit(model, data, data, config, out_dir=out_dir, progress=False)
+    return 1  # not reached: the kill comes first
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     mode, *args = sys.argv[1:]
-    status = {"signal": _signal_run, "ddp": _ddp_run}[mode](*args)
+    status = {"signal": _signal_run, "ddp": _ddp_run, "kill": _kill_run}[mode](*args)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # skip the interpreter's slow teardown of torch and Lightning

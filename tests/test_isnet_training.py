@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from relprop.errors import CheckpointError, InputError, TracingError
 from relprop.isnet import (
     BEST_NAME,
+    CHECKPOINT_NAME,
     METHODS,
     ISNetModule,
     TrainConfig,
@@ -34,7 +35,7 @@ from relprop.isnet.loss import HeatmapLossConfig, isnet_loss
 from relprop.isnet.variants import ISNetMaps, rrr_penalty
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _isnet_train_worker import BoxDataset, bn_model, build, plain_model  # noqa: E402
+from _isnet_train_worker import BoxDataset, bn_model, build, oscillating, plain_model  # noqa: E402
 
 WORKER = Path(__file__).parent / "_isnet_train_worker.py"
 ROOT = Path(__file__).parent.parent
@@ -180,13 +181,20 @@ def test_fit_resumes_exactly_mid_epoch(tmp_path: Path) -> None:
 
 
 def test_fit_continues_with_more_epochs_and_starts_over_without_resume(tmp_path: Path) -> None:
+    """1 epoch; then 3 epochs stopped by max_steps inside epoch 1 (resumed from an epoch end with a step limit);
+    then to the end: the same parameters as 3 epochs in one go (2 steps per epoch)."""
     config = TrainConfig(method="plain", epochs=1, batch_size=32, seed=1)
+    three = TrainConfig(**{**config.to_dict(), "epochs": 3})
     train = BoxDataset()
-    ref = fit(plain_model(0), train, None, TrainConfig(**{**config.to_dict(), "epochs": 2}), out_dir=tmp_path / "a")
+    ref = fit(plain_model(0), train, None, three, out_dir=tmp_path / "a")
     fit(plain_model(0), train, None, config, out_dir=tmp_path / "b", progress=False)
-    more = fit(plain_model(0), train, None, TrainConfig(**{**config.to_dict(), "epochs": 2}), out_dir=tmp_path / "b")
+    part = fit(plain_model(0), train, None, three, out_dir=tmp_path / "b", progress=False, max_steps=3)
+    assert part.global_step == 3 and len(part.history) == 1 and not part.finished
+    more = fit(plain_model(0), train, None, three, out_dir=tmp_path / "b")
     _assert_same(_state(ref.model), _state(more.model))
-    assert [h["val_acc"] for h in more.history] == [None, None] and "train_heatmap" in more.history[0]
+    assert more.global_step == 6 and _no_time(more.history) == _no_time(ref.history)
+    assert [h["val_acc"] for h in more.history] == [None] * 3 and "train_heatmap" in more.history[0]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["last.ckpt", "metrics.json"]  # no val: no best
     fresh = fit(plain_model(0), train, None, config, out_dir=tmp_path / "b", resume=False, progress=False)
     assert fresh.global_step == 2 and len(fresh.history) == 1
 
@@ -354,22 +362,68 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_resume_exactly(tmp_path: Path
         assert _no_time(resumed.history) == _no_time(reference.history)
 
 
-def test_interrupt_in_process_raises_training_interrupted_and_restores_handlers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where, steps", [("item", 3), ("len", 1)])
+def test_interrupt_in_process_raises_training_interrupted_and_restores_handlers(
+    tmp_path: Path, where: str, steps: int
+) -> None:
+    """SIGTERM while loading item 40 (item 0 is fit's check of the data), in step 2 of 4 of epoch 0; or in the
+    second len(dataset) (the first is fit's check), which the module's train_dataloader() calls before training
+    starts, while Lightning's own SIGTERM handler is in place: its SIGTERMException path ends the same way."""
+
     class SignalsItself(BoxDataset):
+        lens = 0
+
+        def __len__(self):
+            self.lens += 1
+            if where == "len" and self.lens == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__len__()
+
         def __getitem__(self, i):
-            if self.served == 40:
+            if where == "item" and self.served == 40:
                 os.kill(os.getpid(), signal.SIGTERM)
             return super().__getitem__(i)
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     config = TrainConfig(method="selective", epochs=2, batch_size=16)
-    with pytest.raises(TrainingInterrupted, match="SIGTERM in epoch 0 after 3 optimiser steps") as info:
+    with pytest.raises(TrainingInterrupted, match=f"SIGTERM in epoch 0 after {steps} optimiser steps") as info:
         fit(plain_model(0), SignalsItself(), None, config, out_dir=tmp_path, progress=False)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     assert isinstance(info.value, KeyboardInterrupt) and info.value.checkpoint == tmp_path / "last.ckpt"
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["interrupted"] == "SIGTERM" and doc["global_step"] == steps and doc["finished"] is False
     resumed = fit(plain_model(3), BoxDataset(), None, config, out_dir=tmp_path, progress=False)
     reference = fit(plain_model(0), BoxDataset(), None, config, out_dir=tmp_path / "ref", progress=False)
     _assert_same(_state(resumed.model), _state(reference.model))
+
+
+def test_a_signal_too_late_to_stop_training_reaches_the_previous_handler(tmp_path: Path) -> None:
+    """SIGTERM during the last epoch's validation: training finishes, then the handler that was in place before
+    fit gets the signal."""
+
+    class SignalsInValidation(BoxDataset):
+        def __getitem__(self, i):
+            if self.served == 2:  # item 0: fit's check of the data; then validation
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__getitem__(i)
+
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        config = TrainConfig(method="plain", epochs=1, batch_size=32)
+        result = fit(plain_model(0), BoxDataset(), SignalsInValidation(8), config, out_dir=tmp_path, progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [signal.SIGTERM]
+    assert result.finished and len(result.history) == 1
+    assert json.loads(result.metrics_path.read_text())["interrupted"] is None
+
+
+def test_fit_refuses_to_resume_a_checkpoint_of_another_format(tmp_path: Path) -> None:
+    config = TrainConfig(method="plain", epochs=1, batch_size=32)
+    torch.save({"state_dict": {}, "relprop": {"config": config.to_dict(), "format": 1}}, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="format 1.*resume=False"):
+        fit(plain_model(0), BoxDataset(), None, config, out_dir=tmp_path, progress=False)
 
 
 # -- DDP (2 CPU processes, gloo) -------------------------------------------------------------------------------
@@ -406,15 +460,7 @@ def test_ddp_two_processes_match_one_process_with_twice_the_batch(tmp_path: Path
 
 
 def test_best_checkpoint_is_the_epoch_with_the_lowest_validation_loss(tmp_path) -> None:
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(48, 1, 12, 12, generator=g)
-    mask = torch.zeros(48, 1, 12, 12)
-    mask[..., 3:9, 3:9] = 1
-    y = torch.arange(48) % 3
-    data = torch.utils.data.TensorDataset(x, mask, y)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(576, 3))
-    config = TrainConfig(method="selective", epochs=4, batch_size=16, lr=1.0, seed=0)  # lr high enough to oscillate
+    model, data, config = oscillating()
     result = fit(model, data, data, config, out_dir=tmp_path, progress=False)
     losses = [history_val_loss(h, config) for h in result.history]
     best = min(range(len(losses)), key=losses.__getitem__)
@@ -424,3 +470,24 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_validation_loss(tmp_path) 
     assert len(ckpt["relprop"]["history"]) == best + 1
     fit(model, data, data, config, out_dir=tmp_path, resume=False, progress=False, max_steps=1)
     assert not (tmp_path / BEST_NAME).exists()  # starting over drops the old run's best checkpoint
+
+
+def test_best_checkpoint_stays_right_after_a_kill_between_the_epoch_end_writes(tmp_path: Path) -> None:
+    """SIGKILL right after the first checkpoint file written at the end of the best epoch (whichever of best.ckpt
+    and last.ckpt comes first), before the other: after resuming, best.ckpt is still the best epoch's."""
+    model, data, config = oscillating()
+    reference = fit(model, data, data, config, out_dir=tmp_path / "reference", progress=False)
+    losses = [history_val_loss(h, config) for h in reference.history]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert 0 < best < len(losses) - 1  # an older best.ckpt exists at the kill, and a later epoch is worse
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(WORKER), "kill", str(out), str(best + 1)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    done = {n: torch.load(out / n, weights_only=True)["relprop"]["epoch"] for n in (BEST_NAME, CHECKPOINT_NAME)}
+    assert max(done.values()) == best + 1 and min(done.values()) < best + 1, done  # killed between the two
+    resumed = fit(oscillating()[0], data, data, config, out_dir=out, progress=False)
+    assert _no_time(resumed.history) == _no_time(reference.history)
+    got, want = (torch.load(d / BEST_NAME, weights_only=True) for d in (out, tmp_path / "reference"))
+    assert got["relprop"]["epoch"] == best + 1
+    _assert_same(got["state_dict"], want["state_dict"])

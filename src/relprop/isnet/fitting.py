@@ -63,25 +63,31 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
-class _StopOnSignal(Callback):
-    """SIGINT / SIGTERM: finish the current optimiser step, write last.ckpt, stop; fit raises TrainingInterrupted.
+class _Stop(Callback):
+    """Stops training after an optimiser step: on SIGINT / SIGTERM (then fit raises TrainingInterrupted) and at
+    ``max_steps``. Inside an epoch it sets ``stop_here``, and last.ckpt is written right after that step.
 
-    Hand-written, because Lightning's handling does not give these guarantees: it turns Ctrl-C (a
-    KeyboardInterrupt raised wherever Python is, in the middle of a step included) into ``sys.exit(1)`` without
-    a checkpoint, and its SIGTERM handler makes the loops raise ``SIGTERMException`` at the next check, which can
-    be in the middle of validation: a checkpoint there holds part of an epoch's validation, which Lightning's
-    resume does not replay exactly (the module's validation sums, the stochastic variant's generator). Here both
-    signals set a flag that is read after every optimiser step and at every epoch end (after validation), agreed
-    on by all processes (one process's signal stops all). A second Ctrl-C raises KeyboardInterrupt at once.
+    Hand-written, because Lightning's own handling does not give these guarantees:
 
-    Lightning registers its SIGTERM handler just before training starts, chained to the handler it finds (ours,
-    installed by fit); ``on_train_start`` puts ours back in its place, since Lightning has no public switch to
-    leave its handler out. A SIGTERM in between reaches both: Lightning raises ``SIGTERMException`` after the
-    first step, last.ckpt is written (here, or by ``ModelCheckpoint(save_on_exception=True)``) and fit reports
-    it as TrainingInterrupted all the same.
+    * Ctrl-C: Lightning turns the KeyboardInterrupt (raised wherever Python is, in the middle of a step
+      included) into ``sys.exit(1)``, without a checkpoint.
+    * SIGTERM: Lightning's handler makes the loops raise ``SIGTERMException`` at their next check, which can be
+      in the middle of validation; a checkpoint there holds part of an epoch's validation, which Lightning's
+      resume does not replay exactly (the module's validation sums, the stochastic variant's generator).
+    * ``Trainer(max_steps=)`` makes Lightning's loops "iteration-based": resuming from an epoch-end checkpoint
+      then replays that epoch's end and loses optimiser steps (Lightning 2.6), so fit leaves the Trainer's
+      max_steps at -1 and stops here.
+
+    Both signals set a flag, read after every optimiser step and at every epoch end (after validation) and
+    agreed on by all processes (one process's signal stops all). A second Ctrl-C raises KeyboardInterrupt at
+    once. Lightning registers its SIGTERM handler just before training starts, chained to the handler it finds
+    (this one, installed by fit); ``on_train_start`` puts this one back in its place, since Lightning has no
+    public switch to leave its handler out. A SIGTERM in between reaches both: Lightning raises
+    ``SIGTERMException`` after the first step, with last.ckpt written here, and fit reports it the same way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_steps: int = -1) -> None:
+        self.max_steps = max_steps
         self.pending: int | None = None  # a signal received in this process
         self.signum: int | None = None  # the signal training stopped on (agreed by all processes)
         self.stop_here = False  # training stops inside the epoch after this step: write last.ckpt now
@@ -122,13 +128,18 @@ class _StopOnSignal(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         assert isinstance(pl_module, ISNetModule)
         stop = self._agreed(trainer, pl_module)
+        at_max_steps = 0 <= self.max_steps <= trainer.global_step
+        if at_max_steps:
+            trainer.should_stop = True
         if pl_module.batches_done >= trainer.num_training_batches:
-            return  # the epoch's last batch: validation runs, then on_train_epoch_end decides
-        at_max_steps = trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
+            return  # the epoch's last batch: validation runs, then on_train_epoch_end decides about a signal
         if stop is not None:
             self.signum = stop
             trainer.should_stop = True
         self.stop_here = stop is not None or at_max_steps
+        if self.stop_here:
+            # Lightning validates when should_stop is set (early stopping); not after part of an epoch
+            trainer.limit_val_batches = 0
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stop = self._agreed(trainer, pl_module)
@@ -152,7 +163,7 @@ class _LastCheckpoint(_EpochEndCheckpoint):
     and on Lightning's ``SIGTERMException`` (ModelCheckpoint's ``save_on_exception``; not on other exceptions:
     a failed step leaves no consistent state)."""
 
-    def __init__(self, out_dir: Path, stop: _StopOnSignal) -> None:
+    def __init__(self, out_dir: Path, stop: _Stop) -> None:
         super().__init__(
             dirpath=out_dir,
             filename=Path(CHECKPOINT_NAME).stem,
@@ -186,7 +197,7 @@ class _MetricsFile(Checkpoint):
     is the run's record (config, model spec, history with validation, finished / interrupted) and must agree
     with last.ckpt, while a logger receives the epoch's metrics only after the checkpoints are written."""
 
-    def __init__(self, path: Path, stop: _StopOnSignal) -> None:
+    def __init__(self, path: Path, stop: _Stop) -> None:
         self.path, self.stop = path, stop
 
     def write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -311,7 +322,7 @@ def fit(
     module._data = RunData(train, val)
     if config.method in VARIANTS:
         module._maps = build_maps(model, config)  # fails here, naming the module, if relprop cannot trace it
-    stop = _StopOnSignal()
+    stop = _Stop(max_steps)
     callbacks: list[Callback] = [stop]
     if val is not None:  # before last: see the module docstring
         callbacks.append(
@@ -326,7 +337,7 @@ def fit(
             )
         )
     callbacks += [_LastCheckpoint(out, stop), _MetricsFile(metrics_path, stop)]
-    stop.install()  # from here on, before Lightning's own handler (see _StopOnSignal)
+    stop.install()  # from here on, before Lightning's own handler (see _Stop)
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [lg.level for lg in loggers]
     try:
@@ -339,8 +350,7 @@ def fit(
                 accelerator=accelerator,
                 devices=devices,
                 strategy=strategy,
-                max_epochs=config.epochs,
-                max_steps=max_steps,
+                max_epochs=config.epochs,  # and max_steps=-1: _Stop stops at max_steps
                 gradient_clip_val=config.clip,
                 gradient_clip_algorithm="norm" if config.clip is not None else None,
                 logger=False,
@@ -357,7 +367,7 @@ def fit(
             )
             try:
                 trainer.fit(module, ckpt_path=ckpt_path if start.resumed else None, weights_only=True)
-            except SIGTERMException:  # Lightning's SIGTERM path (see _StopOnSignal): last.ckpt is written
+            except SIGTERMException:  # Lightning's SIGTERM path (see _Stop): last.ckpt is written
                 stop.signum = stop.signum or signal.SIGTERM
     finally:
         stop.restore()
