@@ -386,15 +386,49 @@ def test_interrupt_in_process_raises_training_interrupted_and_restores_handlers(
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     config = TrainConfig(method="selective", epochs=2, batch_size=16)
+    val = BoxDataset(8, seed=2)
     with pytest.raises(TrainingInterrupted, match=f"SIGTERM in epoch 0 after {steps} optimiser steps") as info:
-        fit(plain_model(0), SignalsItself(), None, config, out_dir=tmp_path, progress=False)
+        fit(plain_model(0), SignalsItself(), val, config, out_dir=tmp_path, progress=False)
+    assert val.served == 1  # fit's check of the data: no validation of the half epoch
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     assert isinstance(info.value, KeyboardInterrupt) and info.value.checkpoint == tmp_path / "last.ckpt"
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["interrupted"] == "SIGTERM" and doc["global_step"] == steps and doc["finished"] is False
-    resumed = fit(plain_model(3), BoxDataset(), None, config, out_dir=tmp_path, progress=False)
-    reference = fit(plain_model(0), BoxDataset(), None, config, out_dir=tmp_path / "ref", progress=False)
+    resumed = fit(plain_model(3), BoxDataset(), val, config, out_dir=tmp_path, progress=False)
+    reference = fit(plain_model(0), BoxDataset(), val, config, out_dir=tmp_path / "ref", progress=False)
     _assert_same(_state(resumed.model), _state(reference.model))
+    assert _no_time(resumed.history) == _no_time(reference.history)
+    with pytest.warns(UserWarning, match="resumed without"):
+        fit(plain_model(3), BoxDataset(), None, TrainConfig(**{**config.to_dict(), "epochs": 3}), out_dir=tmp_path)
+
+
+def test_sigterm_under_lightnings_handler_in_validation_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    """Resume with one batch left in the epoch and SIGTERM before training starts (Lightning's handler in place):
+    that batch ends the epoch, and Lightning raises SIGTERMException in the middle of its validation. No checkpoint
+    is written there; last.ckpt stays the one after step 1, and resuming from it is exact."""
+
+    class SignalsItself(BoxDataset):
+        lens = 0
+
+        def __len__(self):
+            self.lens += 1
+            if self.lens == 2:  # the first: fit's check; the second: train_dataloader(), before training starts
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__len__()
+
+    config = TrainConfig(method="selective", epochs=2, batch_size=16)
+    train, val = BoxDataset(32), BoxDataset(32, seed=2)  # 2 training and 2 validation batches per epoch
+    fit(plain_model(0), train, val, config, out_dir=tmp_path, progress=False, max_steps=1)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(TrainingInterrupted, match="SIGTERM in epoch 0 after 1 optimiser steps"):
+        fit(plain_model(0), SignalsItself(32), val, config, out_dir=tmp_path, progress=False)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["interrupted"] == "SIGTERM" and doc["global_step"] == 1 and doc["history"] == []
+    resumed = fit(plain_model(3), train, val, config, out_dir=tmp_path, progress=False)
+    reference = fit(plain_model(0), train, val, config, out_dir=tmp_path / "ref", progress=False)
+    _assert_same(_state(resumed.model), _state(reference.model))
+    assert _no_time(resumed.history) == _no_time(reference.history)
 
 
 def test_a_signal_too_late_to_stop_training_reaches_the_previous_handler(tmp_path: Path) -> None:

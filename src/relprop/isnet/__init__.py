@@ -56,7 +56,16 @@ def __getattr__(name: str) -> Any:  # lazy: lightning is imported only when trai
     if name in _LAZY:
         from importlib import import_module
 
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        try:
+            module = import_module(f".{_LAZY[name]}", __name__)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "lightning":
+                raise
+            raise ModuleNotFoundError(
+                f"relprop.isnet.{name} needs lightning, which is not installed: pip install 'relprop[train]'",
+                name=exc.name,
+            ) from exc
+        value = getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'relprop.isnet' has no attribute {name!r}")

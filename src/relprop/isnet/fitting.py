@@ -3,8 +3,9 @@
 Files in ``out_dir``:
 
 * ``last.ckpt``: a ``ModelCheckpoint`` after every epoch and, when training stops inside an epoch (SIGINT,
-  SIGTERM, ``max_steps``), after the current optimiser step; also on Lightning's own ``SIGTERMException``
-  (``save_on_exception``).
+  SIGTERM, ``max_steps``), after the current optimiser step. Never on an exception (not even
+  ``save_on_exception`` for Lightning's own ``SIGTERMException``): Lightning raises those in the middle of a
+  step or of validation, where no exact resume is possible, and the previous checkpoint stays the valid one.
 * ``best.ckpt`` (with validation data): a ``ModelCheckpoint(monitor="val_loss")``, the epoch with the lowest
   (1 − P)·CE + P·L_H (CE for plain / rrr). It comes before last in the callback list, so at an epoch end best
   is written first: a kill between the two leaves last.ckpt one epoch behind, and the resumed run redoes that
@@ -83,7 +84,9 @@ class _Stop(Callback):
     once. Lightning registers its SIGTERM handler just before training starts, chained to the handler it finds
     (this one, installed by fit); ``on_train_start`` puts this one back in its place, since Lightning has no
     public switch to leave its handler out. A SIGTERM in between reaches both: Lightning raises
-    ``SIGTERMException`` after the first step, with last.ckpt written here, and fit reports it the same way.
+    ``SIGTERMException`` after the first step (last.ckpt is written here just before) or, if that step ends the
+    epoch, in the middle of its validation (last.ckpt stays the previous one); fit reports both as
+    TrainingInterrupted.
     """
 
     def __init__(self, max_steps: int = -1) -> None:
@@ -159,9 +162,8 @@ class _EpochEndCheckpoint(ModelCheckpoint):
 
 
 class _LastCheckpoint(_EpochEndCheckpoint):
-    """last.ckpt: every epoch end (ModelCheckpoint), after the step at which training stops inside an epoch,
-    and on Lightning's ``SIGTERMException`` (ModelCheckpoint's ``save_on_exception``; not on other exceptions:
-    a failed step leaves no consistent state)."""
+    """last.ckpt: every epoch end (ModelCheckpoint) and after the step at which training stops inside an
+    epoch."""
 
     def __init__(self, out_dir: Path, stop: _Stop) -> None:
         super().__init__(
@@ -170,7 +172,6 @@ class _LastCheckpoint(_EpochEndCheckpoint):
             save_top_k=1,
             every_n_epochs=1,
             save_on_train_epoch_end=True,
-            save_on_exception=True,
             enable_version_counter=False,
         )
         self.stop = stop
@@ -186,28 +187,30 @@ class _LastCheckpoint(_EpochEndCheckpoint):
             trainer.save_checkpoint(self.path)  # inside on_train_batch_end: Lightning resumes after this batch
             self.saved_step = trainer.global_step
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self.saved_step != trainer.global_step:
-            super().on_exception(trainer, pl_module, exception)
-
 
 class _MetricsFile(Checkpoint):
     """metrics.json after last.ckpt (a ``Checkpoint`` callback listed after it, so Lightning calls it after the
     checkpoint callbacks): at the start, after every epoch and when training stops. Not a Lightning logger: it
     is the run's record (config, model spec, history with validation, finished / interrupted) and must agree
-    with last.ckpt, while a logger receives the epoch's metrics only after the checkpoints are written."""
+    with last.ckpt, while a logger receives the epoch's metrics only after the checkpoints are written.
+
+    ``epoch`` / ``step``: epochs done and optimiser steps at the last write, i.e. at the state last.ckpt holds.
+    """
 
     def __init__(self, path: Path, stop: _Stop) -> None:
         self.path, self.stop = path, stop
+        self.epoch = self.step = 0
 
-    def write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def write(self, trainer: L.Trainer, module: L.LightningModule, consistent: bool = True) -> None:
+        """Write the file; ``consistent=False`` keeps the position of the last write (training stopped at a
+        point that no checkpoint holds)."""
+        assert isinstance(module, ISNetModule)
+        if consistent:
+            self.epoch, self.step = module.epochs_done, trainer.global_step
         if not trainer.is_global_zero:
             return
-        assert isinstance(module, ISNetModule)
         finished = module.epochs_done >= module.config.epochs and module.batches_done == 0
-        doc = _metrics_doc(
-            module.config, module.model_spec, module.history, finished, module.epochs_done, trainer.global_step
-        )
+        doc = _metrics_doc(module.config, module.model_spec, module.history, finished, self.epoch, self.step)
         doc["interrupted"] = signal.Signals(self.stop.signum).name if self.stop.signum else None
         write_json(self.path, doc)
 
@@ -223,9 +226,9 @@ class _MetricsFile(Checkpoint):
             self.write(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM path (see _Stop)
             self.stop.signum = self.stop.signum or signal.SIGTERM
-            self.write(trainer, pl_module)
+            self.write(trainer, pl_module, consistent=False)  # the position last.ckpt holds
 
 
 @dataclass
@@ -306,7 +309,7 @@ def fit(
     if not resume:  # start over: never resume into an older run's checkpoints later
         ckpt_path.unlink(missing_ok=True)
         (out / BEST_NAME).unlink(missing_ok=True)
-    start = _resume_point(ckpt_path, model, config) if resume and ckpt_path.exists() else _Start()
+    start = _resume_point(ckpt_path, model, config, val is not None) if resume and ckpt_path.exists() else _Start()
     if start.epoch >= config.epochs or 0 <= max_steps <= start.step:
         finished = start.epoch >= config.epochs
         if not metrics_path.exists() or finished:
@@ -336,7 +339,8 @@ def fit(
                 enable_version_counter=False,
             )
         )
-    callbacks += [_LastCheckpoint(out, stop), _MetricsFile(metrics_path, stop)]
+    metrics_file = _MetricsFile(metrics_path, stop)
+    callbacks += [_LastCheckpoint(out, stop), metrics_file]
     stop.install()  # from here on, before Lightning's own handler (see _Stop)
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [lg.level for lg in loggers]
@@ -367,7 +371,7 @@ def fit(
             )
             try:
                 trainer.fit(module, ckpt_path=ckpt_path if start.resumed else None, weights_only=True)
-            except SIGTERMException:  # Lightning's SIGTERM path (see _Stop): last.ckpt is written
+            except SIGTERMException:  # Lightning's SIGTERM path (see _Stop); last.ckpt holds metrics_file's step
                 stop.signum = stop.signum or signal.SIGTERM
     finally:
         stop.restore()
@@ -379,7 +383,7 @@ def fit(
         if device is not None:
             model.to(device)
     if module._trained_here:
-        history, step, epoch, interrupted = module.history, trainer.global_step, module.epochs_done, stop.signum
+        history, step, epoch, interrupted = module.history, metrics_file.step, metrics_file.epoch, stop.signum
     else:  # ddp_spawn: the processes that trained are gone; rank 0's metrics file is the record
         doc = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
         history = doc.get("history", [])
@@ -410,11 +414,18 @@ def _metrics_doc(
     }
 
 
-def _resume_point(path: Path, model: nn.Module, config: TrainConfig) -> _Start:
+def _resume_point(path: Path, model: nn.Module, config: TrainConfig, validates: bool) -> _Start:
     """What ``path`` (last.ckpt) records, after checking that ``config`` may continue it; loads its weights into
     ``model`` (so that a finished run returns the trained model without training)."""
     ckpt = read_checkpoint(path)
     meta = ckpt["relprop"]
+    kept_best = any("'val_loss'" in key for key in ckpt.get("callbacks") or {})
+    if kept_best and not validates:
+        warnings.warn(
+            f"{path} comes from a run with validation data and is resumed without: {BEST_NAME} stays as it is, and "
+            "a later run with validation data starts its search for the best epoch anew",
+            stacklevel=3,
+        )
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"cannot resume from {path}: it was written by another version of relprop (checkpoint format "

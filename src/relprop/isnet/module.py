@@ -38,6 +38,7 @@ QUIET_WARNINGS = (
     r".*GPU available but not used.*",
     r".*LeafSpec.*is deprecated.*",
     r".*Checkpoint directory .* exists and is not empty.*",
+    r".*callbacks used to create the checkpoint need to be provided.*",  # fit warns in its own words
 )
 
 
@@ -224,9 +225,9 @@ class ISNetModule(L.LightningModule):
             train.pop("train_heatmap")
         if self.config.method != "rrr":
             train.pop("train_rrr")
+        self.log_dict(train, on_step=False, on_epoch=True, prog_bar=False, sync_dist=False)
         if self._batch < self.trainer.num_training_batches:  # stopped inside the epoch (signal, max_steps)
             return
-        self.log_dict(train, on_step=False, on_epoch=True, prog_bar=False, sync_dist=False)
         entry: dict[str, Any] = {"epoch": self.current_epoch, **train}
         entry.setdefault("train_heatmap", None)
         if self._data is None or self._data.val is not None:
