@@ -8,10 +8,10 @@ are timed side by side, interleaved round by round after a warm-up, median over 
   relprop's engine: z^B first layer, LRP-ε hidden, LRP-0 classifier) + ``isnet_loss`` + backward + SGD step;
 * ``lrp_flex``: the authors' formulation in plain autograd, written here: every ReLU's backward scaled by
   a / (a + ε) (LRP-ε as a modified gradient), the map is Gradient × Input of the same seed
-  (``torch.autograd.grad(..., create_graph=True)``), BatchNorm differentiated through its batch statistics
-  (autograd's default), then the same loss, backward and SGD step (double backpropagation). Its first layer is
-  plain Gradient × Input, not z^B (z^B would cost it one more convolution and its transpose): the baseline is
-  slightly cheaper than the authors' full method. Functional relus (DenseNet's last one) keep the plain gradient.
+  (``torch.autograd.grad(..., create_graph=True)``) down to the first convolution's output z₁, where z^B gives
+  the map: R_x = x ⊙ Wᵀs − l ⊙ W⁺ᵀs − h ⊙ W⁻ᵀs, s = (z₁ ⊙ ∂f/∂z₁) / (z₁ − W⁺l − W⁻h); BatchNorm
+  differentiated through its batch statistics (autograd's default); then the same loss, backward and SGD step
+  (double backpropagation). Functional relus (DenseNet's last one) keep the plain gradient.
 
 Prints the median process CPU time per step (less disturbed than wall time by other processes on a shared
 machine; on CUDA the wall time) and the ratios relprop / lrp_flex (target <= 0.9) and relprop / plain
@@ -70,6 +70,19 @@ def _flex_copy(model: nn.Module, eps: float) -> nn.Module:
     return m
 
 
+def _zbox(conv: nn.Conv2d, x: Tensor, z: Tensor, r: Tensor) -> Tensor:
+    """z^B for inputs in [0, 1] at ``conv`` (bias-free torchvision stems), written out with autograd ops."""
+    w = conv.weight
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    ones = torch.ones_like(x[:1])
+    conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    bounds = F.conv2d(ones, wn, None, *conv_args)  # W⁺·0 + W⁻·1
+    s = r / (z - bounds + 1e-6)
+    out = torch.nn.grad.conv2d_input(x.shape, w, s, *conv_args)
+    out_p = torch.nn.grad.conv2d_input(x.shape, wp, s, *conv_args)
+    return (x - 1) * out + out_p  # x ⊙ Wᵀs − 0 ⊙ W⁺ᵀs − 1 ⊙ W⁻ᵀs, with W⁻ = W − W⁺
+
+
 def _build(name: str, classes: int, size: int, batch: int, device: str) -> dict[str, Callable[[], None]]:
     import torchvision
 
@@ -98,12 +111,16 @@ def _build(name: str, classes: int, size: int, batch: int, device: str) -> dict[
 
     def flex_step(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
         opt.zero_grad(set_to_none=True)
-        xg = x.detach().requires_grad_(True)
-        logits = model(xg)
+        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        kept: list[Tensor] = []
+        handle = first.register_forward_hook(lambda m, i, o: kept.append(o))
+        logits = model(x)
+        handle.remove()
+        z1 = kept[0]
         idx = stochastic_classes(logits.detach(), gen)
         seed = logits * F.one_hot(idx, classes).to(logits.dtype)
-        (g,) = torch.autograd.grad(seed.sum(), xg, create_graph=True)
-        heat = (g * xg).unsqueeze(1)
+        (g,) = torch.autograd.grad(seed.sum(), z1, create_graph=True)
+        heat = _zbox(first, x, z1, z1 * g).unsqueeze(1)
         loss, _, _ = isnet_loss(logits, y, heat, mask, 0.7, cfg)
         loss.backward()
         opt.step()
