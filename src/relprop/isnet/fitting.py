@@ -3,9 +3,10 @@
 Files in ``out_dir``:
 
 * ``last.ckpt``: a ``ModelCheckpoint`` after every epoch and, when training stops inside an epoch (SIGINT,
-  SIGTERM, ``max_steps``), after the current optimiser step. Never on an exception (not even
-  ``save_on_exception`` for Lightning's own ``SIGTERMException``): Lightning raises those in the middle of a
-  step or of validation, where no exact resume is possible, and the previous checkpoint stays the valid one.
+  SIGTERM, ``max_steps``), after the current optimiser step. Never on an exception (no ``save_on_exception``,
+  not even for Lightning's own ``SIGTERMException``): an exception comes in the middle of a step (a non-finite
+  loss) or, Lightning's, possibly in the middle of validation, where no exact resume is possible; the previous
+  checkpoint stays the valid one.
 * ``best.ckpt`` (with validation data): a ``ModelCheckpoint(monitor="val_loss")``, the epoch with the lowest
   (1 − P)·CE + P·L_H (CE for plain / rrr). It comes before last in the callback list, so at an epoch end best
   is written first: a kill between the two leaves last.ckpt one epoch behind, and the resumed run redoes that
