@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relprop.viz._report_markdown import FolderMarkdown
 from relprop.cli.report import add_arguments, run
+from relprop.viz._report_markdown import FolderMarkdown
 from relprop.viz.report import ReportError, markdown_to_html, render_report
 
 SPLITS = ("test_biased", "test_unbiased", "test_deceiving")

@@ -7,7 +7,7 @@ correct and differentiable while the model trains.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .kinds import BATCHNORM_MODULES
-from .steps import Step
+
+if TYPE_CHECKING:
+    from .steps import Step
 
 
 class LinearMap:
@@ -63,20 +65,22 @@ class LinearMap:
         batch_stats = bn is not None and (bn.training or bn.running_mean is None)
         self._version = None if batch_stats else tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         if isinstance(module, BATCHNORM_MODULES):
-            self.weight, self.bias = self.modified("affine", lambda: bn_affine(module, a))
+            stats = env.get((step.node, "stats"))
+            self.weight, self.bias = self.modified("affine", lambda: bn_affine(module, a, stats))
         elif step.batchnorm is not None:
             bn_mod = step.batchnorm
             pre = env.get(step.pre) if step.pre is not None else None
+            stats = env.get((step.node, "stats"))
             w0, b0 = module.weight, module.bias
 
             def fold() -> tuple[Tensor, Tensor]:
-                scale, shift = bn_affine(bn_mod, pre)
+                scale, shift = bn_affine(bn_mod, pre, stats)
                 return fold_affine(module, w0, b0, scale, shift)
 
             if fold_weights or (self._version is not None and not torch.is_grad_enabled()):
                 self.weight, self.bias = self.modified("fold", fold)
             else:
-                scale, shift = bn_affine(bn_mod, pre)
+                scale, shift = bn_affine(bn_mod, pre, stats)
                 self.weight, self.out_scale = w0, scale
                 self.bias = shift if b0 is None else b0 * scale + shift
         else:
@@ -165,24 +169,50 @@ class LinearMap:
         )[0]  # fmt: skip
 
 
-def bn_affine(bn: nn.Module, pre: Tensor | None) -> tuple[Tensor, Tensor]:
+def batch_norm_with_stats(bn: nn.Module, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """``bn(x)``, and with batch statistics also (mean, 1/√(var + eps)) of the batch, detached.
+
+    For the plain BatchNorm1d/2d/3d classes without hooks this is their own forward, written out on
+    ``aten.native_batch_norm`` (the kernel ``F.batch_norm`` runs on CPU), which returns the statistics it
+    computed: the same output, gradient and running-statistics update. Anything else runs as the module.
+    """
+    plain = type(bn) in BATCHNORM_MODULES and not (bn._forward_hooks or bn._forward_pre_hooks)
+    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+    if not plain or not (bn.training or bn.running_mean is None) or x.dim() not in (2, 3, 4, 5):
+        return bn(x), None
+    bn._check_input_dim(x)
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    keep = not bn.training or bn.track_running_stats
+    y, mean, invstd = torch.ops.aten.native_batch_norm(
+        x, bn.weight, bn.bias, bn.running_mean if keep else None, bn.running_var if keep else None, True,
+        factor, bn.eps,
+    )  # fmt: skip
+    return y, (mean.detach(), invstd.detach())
+
+
+def bn_affine(bn: nn.Module, pre: Tensor | None, stats: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Scale and shift of a BatchNorm as an elementwise affine map, statistics detached.
 
     In training mode (or without running statistics) the statistics of the current batch are used,
     as BatchNorm itself does, but detached: one sample's relevance does not depend on the others'.
+    ``stats`` are those statistics (mean, 1/√(var + eps)) where the forward pass kept them.
     """
     assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
     use_batch = bn.training or bn.running_mean is None
-    if use_batch:
+    if use_batch and stats is not None:
+        mean, inv = stats
+    elif use_batch:
         assert pre is not None
         dims = [0] + list(range(2, pre.dim()))
         p = pre.detach()
-        mean = p.mean(dims, keepdim=True)
-        var = (p - mean).square().mean(dims)  # two passes: torch's var over (0, 2, 3) is ~7x slower on CPU
-        mean = mean.flatten()
+        m = p.mean(dims, keepdim=True)
+        var = (p - m).square().mean(dims)  # two passes: torch's var over (0, 2, 3) is ~7x slower on CPU
+        mean, inv = m.flatten(), torch.rsqrt(var + bn.eps)
     else:
-        mean, var = bn.running_mean, bn.running_var
-    inv = torch.rsqrt(var + bn.eps)
+        mean, inv = bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
     scale = bn.weight * inv if bn.weight is not None else inv
     shift = -mean * scale
     if bn.bias is not None:

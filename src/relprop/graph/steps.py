@@ -51,6 +51,7 @@ from .kinds import (
     activation_facts,
     pass_facts,
 )
+from .linear_map import batch_norm_with_stats
 from .tracer import _describe, _source_of, trace
 
 Env = dict[Any, Any]
@@ -279,7 +280,7 @@ class RelevanceGraph:
             if bn_node is not None:
                 bn = _module_path(self.model, str(bn_node.target))
                 folded.add(bn_node)
-                bn_call = _module_call(bn_node, bn)
+                bn_call = _batchnorm_call(bn_node, bn)
                 conv_call = step.call
                 assert conv_call is not None
 
@@ -292,7 +293,7 @@ class RelevanceGraph:
                 )  # fmt: skip
             return step
         if isinstance(module, BATCHNORM_MODULES):
-            return Step(node, "linear", name, module, call=_module_call(node, module))
+            return Step(node, "linear", name, module, call=_batchnorm_call(node, module))
         if isinstance(module, AVGPOOL_MODULES):
             return Step(node, "avgpool", name, module, call=_module_call(node, module))
         if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) and not module.return_indices:
@@ -440,6 +441,20 @@ def _module_call(node: fx.Node, module: nn.Module) -> Callable[[dict[fx.Node, An
         a = fx.node.map_arg(args, lambda n: env[n])
         k = fx.node.map_arg(kwargs, lambda n: env[n])
         return module(*a, **k)
+
+    return call
+
+
+def _batchnorm_call(node: fx.Node, bn: nn.Module) -> Callable[[dict[fx.Node, Any]], Any]:
+    """The BatchNorm's forward; with batch statistics it also keeps them in ``env[(node, "stats")]`` so the
+    relevance pass need not compute them again (see :func:`~relprop.graph.linear_map.batch_norm_with_stats`)."""
+    arg = node.args[0]
+
+    def call(env: dict[Any, Any]) -> Any:
+        y, stats = batch_norm_with_stats(bn, env[arg])
+        if stats is not None:
+            env[(node, "stats")] = stats
+        return y
 
     return call
 

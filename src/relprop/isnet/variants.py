@@ -35,9 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..composites import Composite
+from ..composites import Composite, isnet_zplus
 from ..composites import isnet as isnet_composite
-from ..composites import isnet_zplus
 from ..errors import InputError
 from ..explainer import Explainer
 
