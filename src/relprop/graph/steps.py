@@ -196,6 +196,8 @@ class RelevanceGraph:
                 s.vjp = _maxpool_vjp
             elif s.kind == "pass" and _is_dropout(s):
                 s.vjp = _dropout_vjp
+            elif s.kind == "route" and not s.custom:
+                s.vjp = _route_vjp(s)
             for i in s.inputs:
                 self.users[i].append(s)
             if s.kind not in ("input",):
@@ -540,6 +542,43 @@ def _maxpool_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple
     idx = env.pop((step.node, "indices"))
     flat = torch.zeros(x.shape[:2] + (x[0, 0].numel(),), dtype=r.dtype, device=r.device)
     return [(in_node, flat.scatter_add(2, idx.flatten(2), r.flatten(2)).view_as(x))]
+
+
+_RESHAPES = {"flatten", "view", "reshape", "view_as", "reshape_as", "contiguous", "squeeze", "unsqueeze"}
+_RESHAPE_FUNCTIONS: set[Any] = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+
+
+def _route_vjp(step: Step) -> VJP | None:
+    """A direct vector-Jacobian product for the routes every CNN has (a reshape: R reshaped back; a
+    concatenation: R split by the inputs' sizes), so that they are not re-evaluated under autograd."""
+    node = step.node
+    if (
+        isinstance(step.module, (nn.Flatten, nn.Unflatten))
+        or (node.op == "call_method" and node.target in _RESHAPES)
+        or (node.op == "call_function" and node.target in _RESHAPE_FUNCTIONS)
+    ) and len(step.inputs) == 1:
+        return _reshape_vjp
+    if node.op == "call_function" and node.target in (torch.cat, torch.concat):
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if isinstance(parts, (list, tuple)) and all(isinstance(p, fx.Node) for p in parts) and isinstance(dim, int):
+            return _cat_vjp(list(parts), dim)  # type: ignore[arg-type]
+    return None
+
+
+def _reshape_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+    in_node = step.inputs[0].node
+    return [(in_node, r.reshape(env[in_node].shape))]
+
+
+def _cat_vjp(parts: list[fx.Node], dim: int) -> VJP:
+    def vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+        if not all(isinstance(env.get(p), Tensor) for p in parts):
+            return autograd_vjp(step, env, r, create_graph)
+        sizes = [env[p].shape[dim] if env[p].dim() else 1 for p in parts]
+        return list(zip(parts, r.split(sizes, dim)))
+
+    return vjp
 
 
 def autograd_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
