@@ -171,14 +171,15 @@ class Epsilon(Rule):
         self.ignore_bias = ignore_bias
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
-        silent = layer.negative_outputs_silent
+        # z >= 0 everywhere when the forward pass kept relu(z) for it; else R vanishes at z < 0 if silent
+        sign = 2 if layer.output_nonneg else int(layer.negative_outputs_silent)
         if self.ignore_bias and layer.bias is not None:
             z = layer.forward(a, layer.weight, None)
-            silent = False  # W a may be negative where W a + b > 0
+            sign = 0  # W a may be negative where W a + b > 0
         if self.epsilon == 0:
             s = safe_divide(R, z)
         else:
-            s = divide_stabilized(R, z, self.epsilon, int(silent))
+            s = divide_stabilized(R, z, self.epsilon, sign)
         return _times(layer.transpose(s, layer.weight, a), a)
 
     def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:

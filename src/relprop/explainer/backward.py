@@ -32,6 +32,8 @@ class PassContext:
     plan: Plan
     env: Env
     create_graph: bool
+    #: activations whose input the forward pass replaced by their output
+    alias: frozenset[Step] = frozenset()
 
 
 def _linear(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
@@ -44,6 +46,7 @@ def _linear(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges
     layer.input_nonneg = ctx.graph.nonneg.get(step.inputs[0]) if rule.uses_input_sign else None
     layer.negative_outputs_silent = ctx.plan.neg_silent.get(step, False)
     layer.output_proportional = ctx.plan.proportional.get(step, False)
+    layer.output_nonneg = any(u in ctx.alias for u in ctx.graph.users[step])
     try:
         return [(in_node, rule.linear(layer, a, z, r))]
     except NotImplementedError as exc:
@@ -116,11 +119,13 @@ BACKWARD: dict[str, Callable[[Step, Rule | None, Any, PassContext], Edges]] = {
 
 
 def relevance_pass(
-    graph: RelevanceGraph, plan: Plan, env: Env, seed: Tensor, x: Tensor, create_graph: bool
-) -> tuple[Tensor, Tensor | None]:
+    graph: RelevanceGraph, plan: Plan, env: Env, seed: Tensor, x: Tensor, create_graph: bool,
+    alias: frozenset[Step] = frozenset(),
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
     """Relevance at the input for the output relevance ``seed``, and its per-sample log-scale (None unless the
-    plan rescales). ``env`` (every step's forward value) is consumed."""
-    ctx = PassContext(graph, plan, env, create_graph)
+    plan rescales). ``env`` (every step's forward value, the activations in ``alias`` keeping only their output)
+    is consumed."""
+    ctx = PassContext(graph, plan, env, create_graph, alias)
     store = RelevanceStore()
     branches = BranchShares(plan) if plan.forks else None
     zero_scale = seed.new_zeros(seed.shape[0], dtype=torch.float64) if plan.rescale else None

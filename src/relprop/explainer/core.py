@@ -157,7 +157,7 @@ class Explainer:
         self._check_input(x)
         with torch.enable_grad() if create_graph else torch.no_grad():
             env, logits = self._forward(x, (self.plan,))
-            return _pass(self.graph, self.plan, env, logits, x, target, create_graph)
+            return _pass(self.graph, self.plan, env, logits, x, target, create_graph, self.plan.alias)
 
     def forward(
         self, x: Tensor, *, composites: Iterable[CompositeLike] = (), create_graph: bool = False
@@ -304,7 +304,9 @@ class ForwardPass:
                 f"pass it to Explainer.forward(x, composites=[...]) so the forward pass keeps them"
             )
         with torch.enable_grad() if self.create_graph else torch.no_grad():
-            return _pass(ex.graph, plan, dict(self._env), self.logits, self.x, target, self.create_graph)
+            return _pass(
+                ex.graph, plan, dict(self._env), self.logits, self.x, target, self.create_graph, self._alias
+            )
 
     def relevance(self, target: Target = "predicted", *, composite: CompositeLike | None = None) -> Tensor:
         """``explain(target, composite=...).relevance``."""
@@ -313,10 +315,10 @@ class ForwardPass:
 
 def _pass(
     graph: RelevanceGraph, plan: Plan, env: dict[Any, Any], logits: Tensor, x: Tensor, target: Target,
-    create_graph: bool,
+    create_graph: bool, alias: frozenset[Step],
 ) -> Explanation:  # fmt: skip
     seed, targets = output_relevance(logits, target, plan.seed)
-    relevance, log_scale = relevance_pass(graph, plan, env, seed, x, create_graph)
+    relevance, log_scale = relevance_pass(graph, plan, env, seed, x, create_graph, alias)
     if not create_graph:
         logits = logits.detach()
     return Explanation(relevance, logits, targets, seed, log_scale)

@@ -53,6 +53,9 @@ class LinearMap:
         self.negative_outputs_silent = False
         #: relevance at the output vanishes wherever the output is zero (all consumers multiply by it)
         self.output_proportional = False
+        #: the ``z`` given to the rule is never negative (the forward pass kept relu(z) in its place, which
+        #: every rule may use where no relevance arrives at z < 0)
+        self.output_nonneg = False
         if step.kind == "avgpool":
             self._pool_call = step.call
             self._env = env
