@@ -7,10 +7,9 @@ correct and differentiable while the model trains.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,9 +35,7 @@ class LinearMap:
     elementwise product on the activations instead of one on every weight, and its gradient likewise.
     """
 
-    def __init__(
-        self, step: Step, a: Tensor, z: Tensor, env: dict[fx.Node, Any], fold_weights: bool = True
-    ) -> None:
+    def __init__(self, step: Step, a: Tensor, z: Tensor, env: dict[Any, Any], fold_weights: bool = True) -> None:
         self.step = step
         module = step.module
         self.module = module
@@ -74,7 +71,7 @@ class LinearMap:
             bn_mod = step.batchnorm
             pre = env.get(step.pre) if step.pre is not None else None
             stats = env.get((step.node, "stats"))
-            w0, b0 = module.weight, module.bias
+            w0, b0 = _weight(module), _bias(module)
 
             def fold() -> tuple[Tensor, Tensor]:
                 scale, shift = bn_affine(bn_mod, pre, stats)
@@ -87,7 +84,7 @@ class LinearMap:
                 self.weight, self.out_scale = w0, scale
                 self.bias = shift if b0 is None else b0 * scale + shift
         else:
-            self.weight, self.bias = module.weight, module.bias
+            self.weight, self.bias = _weight(module), _bias(module)
 
     def modified(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()``, cached across calls while parameters are unchanged and no graph is recorded."""
@@ -123,15 +120,18 @@ class LinearMap:
 
     def _raw(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         m = self.module
+        assert weight is not None
         if isinstance(m, nn.Linear):
             return F.linear(x, weight, bias)
         assert isinstance(m, (nn.modules.conv._ConvNd,))
         nd = x.dim() - 2
+        fn: Callable[..., Tensor]
         if m.transposed:
             fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
-            return fn(x, weight, bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+            padding = cast(tuple[int, ...], m.padding)  # transposed convolutions take no padding strings
+            return fn(x, weight, bias, m.stride, padding, m.output_padding, m.groups, m.dilation)
         fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
-        return fn(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+        return fn(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)  # padding may be "same"/"valid"
 
     # Wᵀ s, shaped like the input ``like``
     def transpose(self, s: Tensor, weight: Tensor | None, like: Tensor) -> Tensor:
@@ -170,6 +170,17 @@ class LinearMap:
             s, like, weight, None, list(m.stride), list(padding), list(m.dilation), False, out_pad,
             m.groups, [True, False, False],
         )[0]  # fmt: skip
+
+
+def _weight(module: nn.Module) -> Tensor:
+    w = module.weight
+    assert isinstance(w, Tensor), f"{type(module).__name__} has no weight tensor"
+    return w
+
+
+def _bias(module: nn.Module) -> Tensor | None:
+    b = getattr(module, "bias", None)
+    return b if isinstance(b, Tensor) else None
 
 
 def batch_norm_with_stats(bn: nn.Module, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
@@ -215,6 +226,7 @@ def bn_affine(bn: nn.Module, pre: Tensor | None, stats: tuple[Tensor, Tensor] | 
         var = (p - m).square().mean(dims)  # two passes: torch's var over (0, 2, 3) is ~7x slower on CPU
         mean, inv = m.flatten(), torch.rsqrt(var + bn.eps)
     else:
+        assert bn.running_mean is not None and bn.running_var is not None
         mean, inv = bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
     scale = bn.weight * inv if bn.weight is not None else inv
     shift = -mean * scale
