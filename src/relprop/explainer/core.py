@@ -24,6 +24,7 @@ from torch import Tensor
 from ..composites import Composite, resolve
 from ..errors import InputError, RelpropError
 from ..graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
+from ..graph.linear_map import modified_cache
 from ..rules import Rule
 from .backward import relevance_pass
 from .plan import Plan, make_plan
@@ -137,7 +138,8 @@ class Explainer:
     def clear_cache(self) -> None:
         """Forget cached modified weights (needed only after edits through ``param.data``)."""
         for step in self.graph.steps:
-            step.cache.clear()
+            if step.module is not None:
+                modified_cache(step.module).clear()
 
     def __call__(self, x: Tensor, target: Target = "predicted", *, create_graph: bool = False) -> Tensor:
         """Relevance of ``x`` for ``target``, shaped like ``x``."""

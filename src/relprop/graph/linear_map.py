@@ -6,6 +6,7 @@ correct and differentiable while the model trains.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -87,14 +88,17 @@ class LinearMap:
             self.weight, self.bias = _weight(module), _bias(module)
 
     def modified(self, key: str, make: Callable[[], Any]) -> Any:
-        """``make()``, cached across calls while parameters are unchanged and no graph is recorded."""
+        """``make()``, cached across calls while parameters are unchanged and no graph is recorded. The cache
+        belongs to the module (see :func:`modified_cache`), so every explainer of a model shares it."""
         if self._version is None or torch.is_grad_enabled():
             return make()
-        hit = self.step.cache.get(key)
+        cache = modified_cache(self.module)
+        full_key = (key, self.step.batchnorm)  # the module itself: its id cannot be reused while cached
+        hit = cache.get(full_key)
         if hit is not None and hit[0] == self._version:
             return hit[1]
         value = make()
-        self.step.cache[key] = (self._version, value)
+        cache[full_key] = (self._version, value)
         return value
 
     # z = W x + b
@@ -170,6 +174,18 @@ class LinearMap:
             s, like, weight, None, list(m.stride), list(padding), list(m.dilation), False, out_pad,
             m.groups, [True, False, False],
         )[0]  # fmt: skip
+
+
+_MODIFIED: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
+
+
+def modified_cache(module: nn.Module | None) -> dict[Any, tuple[Any, Any]]:
+    """Modified weights derived from ``module``'s parameters (W⁺, folded BatchNorm, ...), keyed by what they are
+    and stamped with the parameters' versions; held weakly by module (never keeps a model alive), shared by
+    every explainer of the model so that two of them do not keep two copies."""
+    if module is None:
+        return {}
+    return _MODIFIED.setdefault(module, {})
 
 
 def _weight(module: nn.Module) -> Tensor:

@@ -95,7 +95,6 @@ class Step:
     custom: bool = False
     facts: StepFacts = NO_FACTS
     vjp: VJP | None = field(default=None, repr=False)
-    cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         mod = f" {type(self.module).__name__}" if self.module is not None else ""
