@@ -12,15 +12,18 @@ import operator
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.pooling import _MaxPoolNd
 
 from ..errors import TracingError, UnsupportedLayerError
+from .batchnorm import batch_norm_with_stats
 from .kinds import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
@@ -51,7 +54,6 @@ from .kinds import (
     activation_facts,
     pass_facts,
 )
-from .linear_map import batch_norm_with_stats
 from .tracer import _describe, _source_of, trace
 
 Env = dict[Any, Any]
@@ -115,8 +117,16 @@ def _module_path(root: nn.Module, target: str) -> nn.Module:
     return root.get_submodule(target)
 
 
-def _module_path(root: nn.Module, target: str) -> nn.Module:
-    return root.get_submodule(target)
+def _nodes_in(arg: fx.node.Argument) -> list[fx.Node]:
+    """The fx nodes inside ``arg`` (nested args/kwargs), in fx's traversal order."""
+    found: list[fx.Node] = []
+
+    def collect(n: fx.Node) -> fx.Node:
+        found.append(n)
+        return n
+
+    fx.node.map_arg(arg, collect)
+    return found
 
 
 class RelevanceGraph:
@@ -231,10 +241,8 @@ class RelevanceGraph:
         node = step.pre if step.pre is not None else step.node
         if step.kind in ("input", "const", "meta"):
             return []
-        found: list[fx.Node] = []
-        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
         out = []
-        for n in found:
+        for n in _nodes_in((node.args, node.kwargs)):
             s = self.by_node.get(n)
             if s is not None and s.kind not in ("const", "meta") and n not in out:
                 out.append(n)
@@ -269,7 +277,7 @@ class RelevanceGraph:
                     f"module '{name}' ({type(module).__name__}) uses padding_mode={padding_mode!r}; relprop's "
                     "rules support zero padding only. Pad explicitly with F.pad before the convolution."
                 )
-            if isinstance(getattr(module, "padding", 0), str) and module.padding == "same":
+            if isinstance(module, _ConvNd) and module.padding == "same":
                 ks = module.kernel_size
                 if any(((k - 1) * d) % 2 for k, d in zip(ks, module.dilation)):
                     raise UnsupportedLayerError(
@@ -343,8 +351,7 @@ class RelevanceGraph:
         if target in (operator.iadd, operator.isub, operator.imul):
             target = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}[target]
         call = _function_call(node, target, is_method, kwargs)
-        arg_nodes: list[fx.Node] = []
-        fx.node.map_arg((node.args, node.kwargs), lambda n: arg_nodes.append(n) or n)
+        arg_nodes = _nodes_in((node.args, node.kwargs))
         if not any(self._is_tensor(a) for a in arg_nodes) or (not is_method and target in META_FUNCTIONS):
             return Step(node, "meta", name, call=call)  # sizes, shapes, constants
         tensor_args = [a for a in node.args if isinstance(a, fx.Node) and self._is_tensor(a)]
@@ -460,10 +467,10 @@ def _batchnorm_call(node: fx.Node, bn: nn.Module) -> Callable[[dict[fx.Node, Any
     return call
 
 
-def _maxpool_module_call(node: fx.Node, m: nn.Module) -> Callable[[dict[fx.Node, Any]], Any]:
+def _maxpool_module_call(node: fx.Node, m: _MaxPoolNd) -> Callable[[dict[fx.Node, Any]], Any]:
     """Max pooling that also returns the winners' indices (kept for the relevance pass)."""
     fn = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}[type(m)]
-    arg = node.args[0]
+    arg = cast(fx.Node, node.args[0])
 
     def call(env: dict[fx.Node, Any]) -> Any:
         return fn(env[arg], m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
@@ -561,7 +568,7 @@ def _route_vjp(step: Step) -> VJP | None:
         parts = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if isinstance(parts, (list, tuple)) and all(isinstance(p, fx.Node) for p in parts) and isinstance(dim, int):
-            return _cat_vjp(list(parts), dim)  # type: ignore[arg-type]
+            return _cat_vjp(list(parts), dim)
     return None
 
 
@@ -597,11 +604,11 @@ def autograd_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple
                     owners.append((n, None))
             else:
                 items = []
-                for k, item in enumerate(v):
+                for j, item in enumerate(v):
                     t = item.detach().requires_grad_(True)
                     items.append(t)
                     leaves.append(t)
-                    owners.append((n, k))
+                    owners.append((n, j))
                 local[n] = type(v)(items)
         assert step.call is not None
         out = step.call(local)
