@@ -119,11 +119,13 @@ class Composite:
         for pattern, rule in self.name_map.items():
             if fnmatch.fnmatchcase(step.name, pattern):
                 return rule, f"name_map[{pattern!r}]"
-        defaults = {"add": self.add, "avgpool": self.pool, "activation": self.activation, "pass": self.activation,
-                    "maxpool": self.maxpool, "input": self.input}  # fmt: skip
+        defaults: dict[str, Rule | None] = {
+            "add": self.add, "avgpool": self.pool, "activation": self.activation, "pass": self.activation,
+            "maxpool": self.maxpool, "input": self.input,
+        }  # fmt: skip
         if step.kind in defaults:
-            rule = defaults[step.kind]
-            return rule, f"{step.kind} default" if rule is not None else ""
+            default = defaults[step.kind]
+            return default, f"{step.kind} default" if default is not None else ""
         if step.kind != "linear":
             return None, ""
         module = step.module

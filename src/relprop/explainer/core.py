@@ -208,8 +208,8 @@ class Explainer:
                 f"{module.in_features} features in the last dimension: shape (B, {module.in_features})"
             )
         if isinstance(module, LINEAR_MODULES) and not isinstance(module, nn.Linear):
-            nd = len(module.kernel_size)  # type: ignore[arg-type]
-            cin = module.in_channels  # type: ignore[union-attr]
+            nd = len(module.kernel_size)
+            cin = module.in_channels
             spatial = ", ".join("HWD"[i] if nd > 1 else "L" for i in range(nd))
             if x.dim() != nd + 2:
                 raise InputError(

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.fx as fx
+
 from ..composites import Composite
 from ..errors import UnsupportedLayerError
 from ..graph import RelevanceGraph, Step
@@ -135,7 +137,7 @@ def _branch_forks(graph: RelevanceGraph, rules: Mapping[Step, Rule]) -> dict[tup
         rule = rules.get(add)
         if add.kind != "add" or rule is None or not rule.rescales_branches:
             continue
-        found = [graph.by_node.get(n) for n in add.node.args[:2]]  # type: ignore[call-overload]
+        found = [graph.by_node.get(n) if isinstance(n, fx.Node) else None for n in add.node.args[:2]]
         terms = [t for t in found if t is not None]
         problem = "" if len(terms) == 2 and terms[0] is not terms[1] else "it adds a tensor to itself"
         if not problem:

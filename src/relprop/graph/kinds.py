@@ -20,7 +20,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -58,22 +58,30 @@ ROUTE_MODULES = (
 PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 
 
+def _softplus(m: nn.Softplus, x: Tensor) -> Tensor:
+    return F.softplus(x, m.beta, m.threshold)
+
+
+def _hardtanh(m: nn.Hardtanh, x: Tensor) -> Tensor:
+    return F.hardtanh(x, m.min_val, m.max_val)
+
+
 # Activation modules and the out-of-place call we make for them (the user's module may be in-place,
 # which would overwrite a pre-activation we keep for the backward pass).
 ACTIVATION_MODULES: dict[type[nn.Module], Callable[[nn.Module, Tensor], Tensor]] = {
     nn.ReLU: lambda m, x: torch.relu(x),
     nn.ReLU6: lambda m, x: F.relu6(x),
-    nn.LeakyReLU: lambda m, x: F.leaky_relu(x, m.negative_slope),
-    nn.ELU: lambda m, x: F.elu(x, m.alpha),
-    nn.CELU: lambda m, x: F.celu(x, m.alpha),
+    nn.LeakyReLU: lambda m, x: F.leaky_relu(x, cast(nn.LeakyReLU, m).negative_slope),
+    nn.ELU: lambda m, x: F.elu(x, cast(nn.ELU, m).alpha),
+    nn.CELU: lambda m, x: F.celu(x, cast(nn.CELU, m).alpha),
     nn.SELU: lambda m, x: F.selu(x),
-    nn.GELU: lambda m, x: F.gelu(x, approximate=m.approximate),
+    nn.GELU: lambda m, x: F.gelu(x, approximate=cast(nn.GELU, m).approximate),
     nn.SiLU: lambda m, x: F.silu(x),
     nn.Mish: lambda m, x: F.mish(x),
     nn.Sigmoid: lambda m, x: torch.sigmoid(x),
     nn.Tanh: lambda m, x: torch.tanh(x),
-    nn.Softplus: lambda m, x: F.softplus(x, m.beta, m.threshold),
-    nn.Hardtanh: lambda m, x: F.hardtanh(x, m.min_val, m.max_val),
+    nn.Softplus: lambda m, x: _softplus(cast(nn.Softplus, m), x),
+    nn.Hardtanh: lambda m, x: _hardtanh(cast(nn.Hardtanh, m), x),
     nn.Hardswish: lambda m, x: F.hardswish(x),
     nn.Hardsigmoid: lambda m, x: F.hardsigmoid(x),
     nn.PReLU: lambda m, x: m(x),
