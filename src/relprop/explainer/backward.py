@@ -70,7 +70,7 @@ def _activation(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> E
     in_node = step.inputs[0].node
 
     def fn(t: Tensor) -> Tensor:
-        return call({**env, in_node: t})  # type: ignore[no-any-return]
+        return call({**env, in_node: t})
 
     return [(in_node, rule.activation(fn, env[in_node], env[step.node], r))]
 
