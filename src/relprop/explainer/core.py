@@ -28,6 +28,7 @@ from ..graph.linear_map import modified_cache
 from ..rules import Rule
 from .backward import relevance_pass
 from .plan import Plan, make_plan
+from .summary import summary
 from .targets import Target, output_relevance
 
 CompositeLike = str | Composite | Rule
@@ -180,8 +181,6 @@ class Explainer:
 
     def summary(self, composite: CompositeLike | None = None) -> str:
         """A table of the steps: kind, module, the rule each got and why, and what the engine knows there."""
-        from .summary import summary
-
         return summary(self.graph, self.plan_for(composite))
 
     # -- forward ---------------------------------------------------------------------------------
