@@ -319,9 +319,8 @@ class Gamma(Rule):
         if layer.negative_outputs_silent:  # R vanishes where z <= 0: only the positive-output half
             rp, rn = R, None
         else:
-            rn = torch.where(z < 0, R, 0.0)
-            if not bool(rn.any()):
-                rn = None
+            negative = z < 0  # (a bool test: a quarter of the memory traffic of testing rn itself)
+            rn = torch.where(negative, R, 0.0) if bool(negative.any()) else None
             # R vanishes where z == 0 when every consumer multiplies by its input: then R − rn = R·[z>0]
             rp = R - rn if (rn is not None and layer.output_proportional) else torch.where(z > 0, R, 0.0)
         if _nonneg(layer, a):
