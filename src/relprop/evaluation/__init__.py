@@ -15,33 +15,6 @@
 from __future__ import annotations
 
 from . import metrics
-from .metrics import (
-    Baseline,
-    PerturbationCurve,
-    TargetLike,
-    aopc,
-    area_under_curve,
-    background_share,
-    conservation_error,
-    heatmap_correlation,
-    pixel_flipping,
-    quantus_explain_func,
-    randomisation_check,
-    stability,
-)
+from .metrics import *  # noqa: F403 - the one list of public names is metrics.__all__
 
-__all__ = [
-    "Baseline",
-    "PerturbationCurve",
-    "TargetLike",
-    "aopc",
-    "area_under_curve",
-    "background_share",
-    "conservation_error",
-    "heatmap_correlation",
-    "metrics",
-    "pixel_flipping",
-    "quantus_explain_func",
-    "randomisation_check",
-    "stability",
-]
+__all__ = [*metrics.__all__, "metrics"]
