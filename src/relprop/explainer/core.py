@@ -14,6 +14,7 @@ One forward feeds many passes: :meth:`Explainer.forward` returns a :class:`Forwa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch import Tensor
 from ..composites import Composite, resolve
 from ..errors import InputError, RelpropError
 from ..graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
+from ..graph.batchnorm import running_stats_kept
 from ..graph.linear_map import modified_cache
 from ..rules import Rule
 from .backward import relevance_pass
@@ -70,8 +72,10 @@ class Explainer:
 
     Args:
         model: a PyTorch model mapping a tensor (B, ...) to logits (B, C). It is never modified: its
-            parameters, buffers, hooks and training flag are left as they were. Explanations use
-            the mode the model is in (call ``model.eval()`` first for the usual explanations).
+            parameters, buffers, hooks and training flag are left as they were (in training mode too,
+            BatchNorm's running statistics are not updated, unless a training step asks for it with
+            ``forward(x, update_stats=True)``). Explanations use the mode the model is in (call
+            ``model.eval()`` first for the usual explanations).
         composite: the default composite: a preset name (see :mod:`relprop.composites`), a
             :class:`Composite`, or a single :class:`~relprop.rules.Rule`.
         leaf_modules: module classes to treat as one step instead of tracing into them, with the kind
@@ -158,13 +162,14 @@ class Explainer:
                 respect to the input and the model's parameters.
         """
         self._check_input(x)
-        with torch.enable_grad() if create_graph else torch.no_grad():
+        with torch.enable_grad() if create_graph else torch.no_grad(), running_stats_kept(self.model):
             env, logits = self._forward(x, (self.plan,))
             return _pass(self.graph, self.plan, env, logits, x, target, create_graph, self.plan.alias)
 
     def forward(
-        self, x: Tensor, *, composites: Iterable[CompositeLike] = (), create_graph: bool = False
-    ) -> ForwardPass:
+        self, x: Tensor, *, composites: Iterable[CompositeLike] = (), create_graph: bool = False,
+        update_stats: bool = False,
+    ) -> ForwardPass:  # fmt: skip
         """One forward pass of ``x``, ready for any number of relevance passes (:meth:`ForwardPass.explain`).
 
         Args:
@@ -172,10 +177,16 @@ class Explainer:
             composites: other composites the passes will use besides the default one: the forward pass
                 then keeps what every one of them needs.
             create_graph: the passes keep the computation graph (for losses on the relevance).
+            update_stats: update the running statistics of BatchNorm layers in training mode, exactly as one
+                ``model(x)`` would: for a training step whose logits are this forward pass's (ISNet). By
+                default (and always in the relevance passes) no buffer of the model changes.
         """
         self._check_input(x)
         plans = (self.plan, *(self.plan_for(c) for c in composites))
-        with torch.enable_grad() if create_graph else torch.no_grad():
+        with (
+            torch.enable_grad() if create_graph else torch.no_grad(),
+            nullcontext() if update_stats else running_stats_kept(self.model),
+        ):
             env, logits = self._forward(x, plans)
         return ForwardPass(self, x, env, logits, frozenset.intersection(*(p.alias for p in plans)), create_graph)
 
@@ -304,7 +315,7 @@ class ForwardPass:
                 f"composite {plan.composite.name!r} needs pre-activations that this forward pass did not keep; "
                 f"pass it to Explainer.forward(x, composites=[...]) so the forward pass keeps them"
             )
-        with torch.enable_grad() if self.create_graph else torch.no_grad():
+        with torch.enable_grad() if self.create_graph else torch.no_grad(), running_stats_kept(ex.model):
             return _pass(
                 ex.graph, plan, dict(self._env), self.logits, self.x, target, self.create_graph, self._alias
             )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -15,6 +18,8 @@ def batch_norm_with_stats(bn: nn.Module, x: Tensor) -> tuple[Tensor, tuple[Tenso
     For the plain BatchNorm1d/2d/3d classes without hooks this is their own forward, written out on
     ``aten.native_batch_norm`` (the kernel ``F.batch_norm`` runs on CPU), which returns the statistics it
     computed: the same output, gradient and running-statistics update. Anything else runs as the module.
+    Inside :func:`running_stats_kept` the update lands on copies of the statistics (an explanation's forward
+    pass leaves them unchanged).
     """
     plain = type(bn) in BATCHNORM_MODULES and not (bn._forward_hooks or bn._forward_pre_hooks)
     assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
@@ -61,4 +66,32 @@ def bn_affine(bn: nn.Module, pre: Tensor | None, stats: tuple[Tensor, Tensor] | 
     return scale, shift
 
 
-__all__ = ["batch_norm_with_stats", "bn_affine"]
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@contextmanager
+def running_stats_kept(model: nn.Module) -> Iterator[None]:
+    """Within this block no normalisation layer of ``model`` (BatchNorm, InstanceNorm, their subclasses) in
+    training mode changes its running statistics or ``num_batches_tracked``: each one's statistics are replaced
+    by copies, which the layers' forward passes update, and the originals (values and version counters
+    untouched) are put back on exit. Eval-mode layers only read them and are left alone.
+
+    Every path that runs such a layer (relprop's own BatchNorm forward, the module itself when it has hooks
+    or is a leaf module, a leaf module re-evaluated by the relevance pass) is covered.
+    """
+    saved: list[tuple[nn.Module, str, torch.Tensor]] = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats:
+            for name in _STATS:
+                t = m._buffers.get(name)
+                if isinstance(t, torch.Tensor):
+                    saved.append((m, name, t))
+                    m._buffers[name] = t.clone()
+    try:
+        yield
+    finally:
+        for m, name, t in reversed(saved):
+            m._buffers[name] = t
+
+
+__all__ = ["batch_norm_with_stats", "bn_affine", "running_stats_kept"]

@@ -117,7 +117,7 @@ class ISNetMaps:
         ex = self._explainer
         assert ex is not None
         others = [self._zplus] if self._zplus is not None else []
-        forward = ex.forward(x, composites=others, create_graph=create_graph)
+        forward = ex.forward(x, composites=others, create_graph=create_graph, update_stats=True)
         maps = [
             forward.explain(seed, composite=composite).relevance
             for composite, seed in self._seeds(forward.logits, labels, generator)
