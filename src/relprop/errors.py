@@ -96,7 +96,18 @@ class CacheWarning(UserWarning):
     """A cache file could not be read or written; the data were (re)built instead."""
 
 
+class ModelOutputError(RelpropError, ValueError):
+    """The model's output cannot be explained as logits (B, C): a tuple or dict without ``output=`` to select
+    them, a selector that picks no tensor, or an output that does not depend on the input."""
+
+
+class WrappedModelError(TracingError):
+    """The model is a wrapper relprop cannot trace (DataParallel, DistributedDataParallel, TorchScript,
+    ``torch.compile``); the message names the module to pass instead."""
+
+
 __all__ = [
-    "CacheWarning", "CheckpointError", "DataError", "DataProblem", "InputError", "ModelLoadError", "RelpropError",
-    "ReportError", "TargetError", "TracingError", "TrainingInterrupted", "UnsupportedLayerError", "UsageError",
+    "CacheWarning", "CheckpointError", "DataError", "DataProblem", "InputError", "ModelLoadError", "ModelOutputError",
+    "RelpropError", "ReportError", "TargetError", "TracingError", "TrainingInterrupted", "UnsupportedLayerError",
+    "UsageError", "WrappedModelError",
 ]  # fmt: skip

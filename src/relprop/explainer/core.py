@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..composites import Composite, resolve
-from ..errors import InputError, RelpropError
+from ..errors import InputError, ModelOutputError, RelpropError
 from ..graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
 from ..graph.batchnorm import running_stats_kept
 from ..graph.linear_map import modified_cache
@@ -59,12 +59,16 @@ class Explanation:
 
     @property
     def conservation_error(self) -> Tensor:
-        """Per sample |Σ R_input − Σ R_output| / |Σ R_output| (in float64, per-step rescaling undone)."""
+        """Per sample |Σ R_input − Σ R_output| / |Σ R_output| (in float64, per-step rescaling undone).
+
+        The one definition (``relprop.evaluation.conservation_error`` is this). A sample without output
+        relevance (Σ R_output = 0, e.g. a zero seed) has no relative error: NaN where Σ R_input = 0 too,
+        Inf where relevance appeared from nothing."""
         r_in = self.relevance.detach().double().flatten(1).sum(1)
         if self.log_scale is not None:
             r_in = r_in * self.log_scale.detach().double().exp()
-        r_out = self.output_relevance.detach().double().sum(1)
-        return (r_in - r_out).abs() / r_out.abs().clamp_min(torch.finfo(r_out.dtype).tiny)
+        r_out = self.output_relevance.detach().double().flatten(1).sum(1)
+        return (r_in - r_out).abs() / r_out.abs()
 
 
 class Explainer:
@@ -110,15 +114,25 @@ class Explainer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self._model: nn.Module | None = model  # None when held only weakly (the functional cache)
-        self.graph = RelevanceGraph(model, leaf_modules)
+        self._leaf_modules = dict(leaf_modules or {})
         self._rescale = rescale
-        self._plans: dict[Any, Plan] = {}
         self.composite = resolve(composite)
-        self.plan = self.plan_for(self.composite)
+        self._trace = _Trace(model, self._leaf_modules, self.composite, rescale)
 
     @property
     def model(self) -> nn.Module:
         return self._model if self._model is not None else self.graph.model
+
+    @property
+    def graph(self) -> RelevanceGraph:
+        """The relevance graph of the model as it was last traced (again when its training flags, submodules
+        or hooks changed: see :func:`model_structure`)."""
+        return self._trace.graph
+
+    @property
+    def plan(self) -> Plan:
+        """The default composite's plan on :attr:`graph`."""
+        return self._trace.plan
 
     @property
     def rules(self) -> dict[Step, Rule]:
@@ -127,17 +141,16 @@ class Explainer:
 
     def plan_for(self, composite: CompositeLike | None) -> Plan:
         """The default composite's plan (None), or another composite's, resolved on this graph once."""
-        if composite is None:
-            return self.plan
-        key: Any = composite if isinstance(composite, str) else id(composite)
-        hit = self._plans.get(key)
-        if hit is None or hit.source is not composite:
-            if len(self._plans) >= _MAX_PLANS:  # composites built per call: keep the newest
-                del self._plans[next(iter(self._plans))]
-            hit = make_plan(self.graph, resolve(composite), self._rescale)
-            hit.source = composite
-            self._plans[key] = hit
-        return hit
+        return self._trace.plan_for(composite)
+
+    def _current(self) -> _Trace:
+        """The trace of the model as it is now: traced again when a training flag, a submodule or a hook changed
+        since (``F.dropout(x, p, self.training)`` and ``if self.training:`` are fixed when fx traces, and the
+        graph calls the submodules it found)."""
+        model = self.model
+        if model_structure(model) != self._trace.structure:
+            self._trace = _Trace(model, self._leaf_modules, self.composite, self._rescale)
+        return self._trace
 
     # -- public ----------------------------------------------------------------------------------
     def clear_cache(self) -> None:
@@ -161,10 +174,10 @@ class Explainer:
             create_graph: keep the computation graph so the relevance can be differentiated with
                 respect to the input and the model's parameters.
         """
-        self._check_input(x)
+        trace = self._ready(x)
         with torch.enable_grad() if create_graph else torch.no_grad(), running_stats_kept(self.model):
-            env, logits = self._forward(x, (self.plan,))
-            return _pass(self.graph, self.plan, env, logits, x, target, create_graph, self.plan.alias)
+            env, logits = self._forward(trace, x, (trace.plan,))
+            return _pass(trace.graph, trace.plan, env, logits, x, target, create_graph, trace.plan.alias)
 
     def forward(
         self, x: Tensor, *, composites: Iterable[CompositeLike] = (), create_graph: bool = False,
@@ -181,21 +194,35 @@ class Explainer:
                 ``model(x)`` would: for a training step whose logits are this forward pass's (ISNet). By
                 default (and always in the relevance passes) no buffer of the model changes.
         """
-        self._check_input(x)
-        plans = (self.plan, *(self.plan_for(c) for c in composites))
+        trace = self._ready(x)
+        plans = (trace.plan, *(trace.plan_for(c) for c in composites))
         with (
             torch.enable_grad() if create_graph else torch.no_grad(),
             nullcontext() if update_stats else running_stats_kept(self.model),
         ):
-            env, logits = self._forward(x, plans)
-        return ForwardPass(self, x, env, logits, frozenset.intersection(*(p.alias for p in plans)), create_graph)
+            env, logits = self._forward(trace, x, plans)
+        alias = frozenset.intersection(*(p.alias for p in plans))
+        return ForwardPass(self, x, env, logits, alias, create_graph, trace)
 
     def summary(self, composite: CompositeLike | None = None) -> str:
         """A table of the steps: kind, module, the rule each got and why, and what the engine knows there."""
-        return summary(self.graph, self.plan_for(composite))
+        trace = self._current()
+        return summary(trace.graph, trace.plan_for(composite))
 
     # -- forward ---------------------------------------------------------------------------------
-    def _check_input(self, x: Tensor) -> None:
+    def _ready(self, x: Tensor) -> _Trace:
+        """The current trace, once ``x`` and the model's output are known to be explainable."""
+        trace = self._current()
+        if not trace.reaches_input:
+            raise ModelOutputError(
+                f"no relevance reaches the input: the output of {type(self.model).__name__} does not depend on "
+                "the input (it is computed from parameters or constants only, or the input is used only for its "
+                "shape); relprop explains outputs computed from the input tensor"
+            )
+        self._check_input(trace.graph, x)
+        return trace
+
+    def _check_input(self, graph: RelevanceGraph, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise InputError(f"input must be a torch.Tensor, not {type(x).__name__}")
         if not x.is_floating_point():
@@ -208,8 +235,8 @@ class Explainer:
                 f"input contains {n_nan} NaN and {n_inf} Inf values (first at index {where}); "
                 "relevance of non-finite inputs is undefined"
             )
-        first = next((s for s in self.graph.steps if s.kind == "linear"), None)
-        if first is None or first.inputs[:1] != [self.graph.input]:
+        first = next((s for s in graph.steps if s.kind == "linear"), None)
+        if first is None or first.inputs[:1] != [graph.input]:
             return
         module = first.module
         if isinstance(module, nn.Linear) and x.shape[-1] != module.in_features:
@@ -233,7 +260,7 @@ class Explainer:
                     f"'{first.name}' ({type(module).__name__}) expects {cin}: shape (B, {cin}, {spatial})"
                 )
 
-    def _forward(self, x: Tensor, plans: Iterable[Plan]) -> tuple[dict[Any, Any], Tensor]:
+    def _forward(self, trace: _Trace, x: Tensor, plans: Iterable[Plan]) -> tuple[dict[Any, Any], Tensor]:
         """Run the model step by step; returns the environment (every step's value) and the logits. Activations
         in every plan's alias set keep only their output; BatchNorm is folded into the forward pass except where
         a plan's rule asks for the model's own layers."""
@@ -242,7 +269,7 @@ class Explainer:
         exact = frozenset().union(*(p.exact_forward for p in plans))
         env: dict[Any, Any] = {}
         logits: Any = None
-        for step in self.graph.steps:
+        for step in trace.graph.steps:
             if step.kind == "input":
                 env[step.node] = x
                 continue
@@ -295,9 +322,10 @@ class ForwardPass:
 
     def __init__(
         self, explainer: Explainer, x: Tensor, env: dict[Any, Any], logits: Tensor, alias: frozenset[Step],
-        create_graph: bool,
+        create_graph: bool, trace: _Trace | None = None,
     ) -> None:  # fmt: skip
         self.explainer = explainer
+        self._trace = trace if trace is not None else explainer._trace  # the graph this forward pass ran
         self.x = x
         self.logits = logits
         self.create_graph = create_graph
@@ -309,7 +337,7 @@ class ForwardPass:
         output relevance itself, e.g. computed from :attr:`logits`) with ``composite`` (default: the
         explainer's). The forward pass is not repeated."""
         ex = self.explainer
-        plan = ex.plan_for(composite)
+        plan = self._trace.plan_for(composite)
         if not self._alias <= plan.alias:
             raise ValueError(
                 f"composite {plan.composite.name!r} needs pre-activations that this forward pass did not keep; "
@@ -317,7 +345,7 @@ class ForwardPass:
             )
         with torch.enable_grad() if self.create_graph else torch.no_grad(), running_stats_kept(ex.model):
             return _pass(
-                ex.graph, plan, dict(self._env), self.logits, self.x, target, self.create_graph, self._alias
+                self._trace.graph, plan, dict(self._env), self.logits, self.x, target, self.create_graph, self._alias
             )
 
     def relevance(self, target: Target = "predicted", *, composite: CompositeLike | None = None) -> Tensor:
@@ -336,8 +364,58 @@ def _pass(
     return Explanation(relevance, logits, targets, seed, log_scale)
 
 
+def model_structure(model: nn.Module) -> tuple[Any, ...]:
+    """What a trace of ``model`` depends on besides its parameters: every submodule (name and identity), its
+    training flag and its number of forward hooks. A trace is used only while this is unchanged."""
+    return tuple(
+        (name, id(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
+        for name, m in model.named_modules(remove_duplicate=False)
+    )
+
+
+class _Trace:
+    """One trace of the model: its relevance graph, the plans resolved on it, and what it depends on."""
+
+    def __init__(
+        self, model: nn.Module, leaf_modules: Mapping[type, str], composite: Composite, rescale: bool | None
+    ) -> None:
+        self.structure = model_structure(model)
+        self.graph = RelevanceGraph(model, leaf_modules)
+        self.rescale = rescale
+        self.plans: dict[Any, Plan] = {}
+        self.plan: Plan = self.plan_for(composite)
+        self.reaches_input = _reaches_input(self.graph)
+
+    def plan_for(self, composite: CompositeLike | None) -> Plan:
+        if composite is None:
+            return self.plan
+        key: Any = composite if isinstance(composite, str) else id(composite)
+        hit = self.plans.get(key)
+        if hit is None or hit.source is not composite:
+            if len(self.plans) >= _MAX_PLANS:  # composites built per call: keep the newest
+                del self.plans[next(iter(self.plans))]
+            hit = make_plan(self.graph, resolve(composite), self.rescale)
+            hit.source = composite
+            self.plans[key] = hit
+        return hit
+
+
+def _reaches_input(graph: RelevanceGraph) -> bool:
+    """Whether the explained output is computed from the input through the graph's steps."""
+    seen: set[int] = set()
+    todo = list(graph.output.inputs)
+    while todo:
+        step = todo.pop()
+        if step is graph.input:
+            return True
+        if id(step) not in seen:
+            seen.add(id(step))
+            todo.extend(step.inputs)
+    return False
+
+
 def _batch_statistics(bn: nn.Module) -> bool:
     return bool(bn.training) or getattr(bn, "running_mean", None) is None
 
 
-__all__ = ["Explainer", "Explanation", "ForwardPass", "Target"]
+__all__ = ["Explainer", "Explanation", "ForwardPass", "Target", "model_structure"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
-from .core import CompositeLike, Explainer
+from .core import CompositeLike, Explainer, model_structure
 from .targets import Target
 
 _PER_MODEL = 8
@@ -25,20 +25,13 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Any, tuple[Any, Any, Ex
 )
 
 
-def _structure(model: nn.Module) -> tuple[Any, ...]:
-    return tuple(
-        (name, id(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
-        for name, m in model.named_modules(remove_duplicate=False)
-    )
-
-
 def cached_explainer(
     model: nn.Module, composite: CompositeLike, leaf_modules: Mapping[type, str] | None, rescale: bool | None
 ) -> Explainer:
     """The cached :class:`Explainer` for these arguments, traced anew when the model's structure changed."""
     leaves = tuple(sorted(((c.__module__, c.__qualname__, id(c)), k) for c, k in (leaf_modules or {}).items()))
     key = (composite if isinstance(composite, str) else id(composite), leaves, rescale)
-    structure = _structure(model)
+    structure = model_structure(model)
     entries = _CACHE.setdefault(model, OrderedDict())
     hit = entries.get(key)
     if hit is not None and hit[0] is composite and hit[1] == structure:
