@@ -25,8 +25,9 @@ def test_background_share_formula() -> None:
     mask = torch.zeros(3, 1, 4, 4)
     mask[..., 1:3, 1:3] = 1
     share = background_share(r, mask)
-    torch.testing.assert_close(share, torch.tensor([0.75, 0.0, 0.0], dtype=torch.float64))
-    torch.testing.assert_close(background_share(r, mask[:, 0]), share)  # (B, H, W) masks too
+    nan = float("nan")  # no relevance: undefined, not 0 (a perfect score)
+    torch.testing.assert_close(share, torch.tensor([0.75, 0.0, nan], dtype=torch.float64), equal_nan=True)
+    torch.testing.assert_close(background_share(r, mask[:, 0]), share, equal_nan=True)  # (B, H, W) masks too
     with pytest.raises(InputError, match="does not fit"):
         background_share(r, mask[:2])
     with pytest.raises(InputError, match=r"\(B, C, H, W\)"):

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import InputError
 from .cache import CacheWarning, atomic_torch_save, content_key, load_cached, resolve_cache_dir
 
 __all__ = [
@@ -97,20 +98,24 @@ class MaskedTensorDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         source_indices: Tensor | None = None,
     ) -> None:
         if images.ndim != 4 or images.dtype != torch.float32:
-            raise ValueError(f"images must be float32 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise InputError(f"images must be float32 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         n, _, h, w = images.shape
-        if masks.shape != (n, 1, h, w) or masks.dtype != torch.float32:
-            raise ValueError(f"masks must be float32 {(n, 1, h, w)}, got {masks.dtype} {tuple(masks.shape)}")
-        if not bool(((masks == 0) | (masks == 1)).all()):
-            raise ValueError("masks must be binary (0 = background, 1 = foreground)")
+        from ..isnet.loss import check_mask  # the one mask validator (values first: a uint8 0/255 mask is named)
+
+        if not isinstance(masks, Tensor) or masks.shape != (n, 1, h, w):
+            got = f"{masks.dtype} {tuple(masks.shape)}" if isinstance(masks, Tensor) else type(masks).__name__
+            raise InputError(f"masks must be float32 {(n, 1, h, w)}, got {got}")
+        check_mask(masks, what="masks")
+        if masks.dtype != torch.float32:
+            raise InputError(f"masks must be float32 {(n, 1, h, w)}, got {masks.dtype}: pass masks.float()")
         if labels.shape != (n,) or labels.dtype != torch.int64:
-            raise ValueError(f"labels must be int64 ({n},), got {labels.dtype} {tuple(labels.shape)}")
+            raise InputError(f"labels must be int64 ({n},), got {labels.dtype} {tuple(labels.shape)}")
         self.class_names: tuple[str, ...] = tuple(class_names)
         if n and not (0 <= int(labels.min()) and int(labels.max()) < len(self.class_names)):
-            raise ValueError(f"labels must lie in 0..{len(self.class_names) - 1} (one per class name)")
+            raise InputError(f"labels must lie in 0..{len(self.class_names) - 1} (one per class name)")
         for name, extra in (("artefact_classes", artefact_classes), ("source_indices", source_indices)):
             if extra is not None and (extra.shape != (n,) or extra.dtype != torch.int64):
-                raise ValueError(f"{name} must be int64 ({n},), got {extra.dtype} {tuple(extra.shape)}")
+                raise InputError(f"{name} must be int64 ({n},), got {extra.dtype} {tuple(extra.shape)}")
         self.images, self.masks, self.labels = images, masks, labels
         self.artefact_classes = artefact_classes
         self.source_indices = source_indices

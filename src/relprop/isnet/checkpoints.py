@@ -12,8 +12,10 @@ Reading needs no ``lightning``: :func:`load_checkpoint` rebuilds a trained model
 from __future__ import annotations
 
 import json
+import os
 import random
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +37,30 @@ FORMAT = 2  #: checkpoint["relprop"]["format"]; 2: resumed through Lightning's o
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON (no NaN), written atomically."""
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # relprop._io.atomic_write: .NAME.XXXXXXXX.tmp
+
+
+def remove_stale_temporaries(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that killed atomic writes (:func:`relprop._io.atomic_write`) of the files
+    ``names`` in ``folder`` left behind, ``.NAME.XXXXXXXX.tmp``; other files are left alone. Call it when a
+    process starts writing to ``folder`` (its own writes are not under way yet). Returns the removed paths."""
+    folder, wanted = Path(folder), set(names)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match and match["name"] in wanted and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(Path(entry.path))
+    return removed
 
 
 def rng_state() -> dict[str, Any]:
@@ -125,5 +151,5 @@ def load_checkpoint(
 
 __all__ = [
     "BEST_NAME", "CHECKPOINT_NAME", "FORMAT", "METRICS_NAME", "load_checkpoint", "model_state", "read_checkpoint",
-    "rng_state", "set_rng_state", "write_json",
+    "remove_stale_temporaries", "rng_state", "set_rng_state", "write_json",
 ]  # fmt: skip

@@ -4,6 +4,7 @@ rules: z^B at the input, ε = 0.01 in hidden layers, LRP-0 at the classifier lay
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def evaluate(
     """Accuracy and mean background relevance share on each split of (image, mask, label) items.
 
     The model is evaluated in eval mode (its mode is restored afterwards); returns
-    ``{split: {"accuracy", "background_share", "n"}}``."""
+    ``{split: {"accuracy", "background_share", "background_share_undefined", "n"}}``. The share is the mean
+    over the images with relevance; images whose relevance is 0 everywhere (a collapsed model, constant logits)
+    have no share: they are counted in ``background_share_undefined``, with a warning, and a split without any
+    image with relevance has ``background_share`` NaN (undefined, never 0: that would read as perfect)."""
     was_training = model.training
     model.eval()
     explainer = Explainer(model, isnet_composite(0.01, low, high))
@@ -52,9 +56,20 @@ def evaluate(
                 n += len(y)
             if n == 0:
                 raise InputError(f"split {name!r} is empty")
+            share = torch.cat(shares)
+            undefined = int(torch.isnan(share).sum())
+            if undefined:
+                warnings.warn(
+                    f"split {name!r}: {undefined} of {n} images have no relevance at all (Σ|R| = 0: constant logits, a "
+                    "collapsed model?); their background share is undefined"
+                    + ("" if undefined < n else ", and so is the split's")
+                    + ", not 0",
+                    stacklevel=2,
+                )
             results[name] = {
                 "accuracy": correct / n,
-                "background_share": float(torch.cat(shares).mean()),
+                "background_share": float(share.nanmean()) if undefined < n else float("nan"),
+                "background_share_undefined": float(undefined),
                 "n": float(n),
             }
     finally:

@@ -7,15 +7,18 @@ Files in ``out_dir``:
   not even for Lightning's own ``SIGTERMException``): an exception comes in the middle of a step (a non-finite
   loss) or, Lightning's, possibly in the middle of validation, where no exact resume is possible; the previous
   checkpoint stays the valid one.
-* ``best.ckpt`` (with validation data): a ``ModelCheckpoint(monitor="val_loss")``, the epoch with the lowest
-  (1 − P)·CE + P·L_H (CE for plain / rrr). It comes before last in the callback list, so at an epoch end best
-  is written first: a kill between the two leaves last.ckpt one epoch behind, and the resumed run redoes that
-  epoch and decides about best again. (The other order, last then best, loses an epoch's best decision: last
-  already records the epoch in its history, and its copy of the best callback's state does not.)
+* ``best.ckpt`` (with validation data): the epoch with the lowest (1 − P)·CE + P·L_H (CE for plain / rrr), a
+  byte copy of that epoch's ``last.ckpt``. At an epoch end :class:`_BestCheckpoint` first decides whether the
+  epoch is the best so far (its state, the best epoch and score, goes into every checkpoint), then last.ckpt is
+  written, then copied to best.ckpt (atomically, :func:`_write_best`). So last.ckpt always records which epoch
+  best.ckpt must hold, and best.ckpt never holds an epoch that last.ckpt has not reached. A kill between the
+  write and the copy leaves best.ckpt one best epoch behind; resuming checks best.ckpt's epoch against the one
+  last.ckpt records and repairs it from last.ckpt, which is exactly that epoch (:func:`_check_best`).
 * ``metrics.json``: config, model spec, history, finished / interrupted (:class:`_MetricsFile`).
 
 Every file is written atomically (temporary file, fsync, ``os.replace``): checkpoints through the checkpoint IO
-plugin :class:`_AtomicCheckpointIO`.
+plugin :class:`_AtomicCheckpointIO`. The temporary files a killed write leaves (``.last.ckpt.XXXXXXXX.tmp`` and the
+like, for the run's own files only) are removed when the next run in ``out_dir`` starts.
 
 Resuming is ``Trainer.fit(ckpt_path=last.ckpt)``: Lightning restores weights, optimiser, loop position (epoch,
 batch in the epoch, global step), the callbacks' state (the best score) and the training loader's position
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import shutil
 import signal
 import threading
 import warnings
@@ -47,10 +52,19 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import Dataset
 
-from .._io import atomic_torch_save
-from ..errors import CheckpointError, TrainingInterrupted
-from .checkpoints import BEST_NAME, CHECKPOINT_NAME, FORMAT, METRICS_NAME, model_state, read_checkpoint, write_json
-from .config import TrainConfig
+from .._io import atomic_torch_save, atomic_write
+from ..errors import CheckpointError, InputError, TrainingInterrupted, UsageError
+from .checkpoints import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    FORMAT,
+    METRICS_NAME,
+    model_state,
+    read_checkpoint,
+    remove_stale_temporaries,
+    write_json,
+)
+from .config import ResumeConflict, TrainConfig, resume_conflicts
 from .module import QUIET_WARNINGS, ISNetModule, RunData
 from .sampling import check_dataset
 from .step import build_maps
@@ -162,11 +176,56 @@ class _EpochEndCheckpoint(ModelCheckpoint):
             super().on_train_epoch_end(trainer, pl_module)
 
 
+BEST_STATE_KEY = "relprop.best"  #: the state of :class:`_BestCheckpoint` in checkpoint["callbacks"]
+
+
+class _BestCheckpoint(Checkpoint):
+    """Decides at each finished epoch's end whether it is the best so far (lowest ``val_loss``); its state, the
+    best epoch (epochs done) and score, is saved in every checkpoint. A ``Checkpoint`` so that Lightning calls
+    it after the module's ``on_train_epoch_end`` (which records the epoch) and, listed first, before
+    :class:`_LastCheckpoint`, which writes last.ckpt with this decision in it and then copies it to best.ckpt."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.score: float | None = None
+        self.epoch: int | None = None
+        self.pending = False  # this epoch is the new best: copy last.ckpt once it is written
+
+    @property
+    def state_key(self) -> str:
+        return BEST_STATE_KEY
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": "val_loss", "score": self.score, "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        score, epoch = state_dict.get("score"), state_dict.get("epoch")
+        self.score = float(score) if score is not None else None
+        self.epoch = int(epoch) if epoch is not None else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.pending = False
+        if not isinstance(pl_module, ISNetModule) or not pl_module.finished_epoch:
+            return
+        value = trainer.callback_metrics.get("val_loss")
+        if value is None:
+            return
+        score = float(value)
+        if math.isfinite(score) and (self.score is None or score < self.score):
+            self.score, self.epoch, self.pending = score, pl_module.epochs_done, True
+
+
+def _write_best(last: Path, best: Path) -> None:
+    """Copy last.ckpt to best.ckpt atomically (the copy step; last.ckpt holds the new best epoch)."""
+    with open(last, "rb") as src:
+        atomic_write(best, lambda f: shutil.copyfileobj(src, f))
+
+
 class _LastCheckpoint(_EpochEndCheckpoint):
     """last.ckpt: every epoch end (ModelCheckpoint) and after the step at which training stops inside an
-    epoch."""
+    epoch; at an epoch end that :class:`_BestCheckpoint` found best, it is then copied to best.ckpt."""
 
-    def __init__(self, out_dir: Path, stop: _Stop) -> None:
+    def __init__(self, out_dir: Path, stop: _Stop, best: _BestCheckpoint | None = None) -> None:
         super().__init__(
             dirpath=out_dir,
             filename=Path(CHECKPOINT_NAME).stem,
@@ -176,11 +235,25 @@ class _LastCheckpoint(_EpochEndCheckpoint):
             enable_version_counter=False,
         )
         self.stop = stop
+        self.best = best
         self.saved_step = -1
 
     @property
     def path(self) -> str:
         return self.format_checkpoint_name({})
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        best = self.best
+        if best is None or not best.pending:
+            return
+        best.pending = False
+        if self._last_global_step_saved != trainer.global_step:  # last.ckpt does not hold this epoch's end
+            raise CheckpointError(
+                f"{self.path} was not written at the end of epoch {best.epoch}; best.ckpt not updated"
+            )
+        if trainer.is_global_zero:
+            _write_best(Path(self.path), best.path)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)
@@ -198,9 +271,9 @@ class _MetricsFile(Checkpoint):
     ``epoch`` / ``step``: epochs done and optimiser steps at the last write, i.e. at the state last.ckpt holds.
     """
 
-    def __init__(self, path: Path, stop: _Stop) -> None:
+    def __init__(self, path: Path, stop: _Stop, epoch: int = 0, step: int = 0) -> None:
         self.path, self.stop = path, stop
-        self.epoch = self.step = 0
+        self.epoch, self.step = epoch, step  # a resumed run starts where last.ckpt stands
 
     def write(self, trainer: L.Trainer, module: L.LightningModule, consistent: bool = True) -> None:
         """Write the file; ``consistent=False`` keeps the position of the last write (training stopped at a
@@ -294,7 +367,9 @@ def fit(
     """
     config.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out_dir {out} is an existing file, not a folder: pass a folder for the run's files")
+    _check_accelerator(accelerator, devices)
     check_dataset(train, "train")
     if val is not None:
         check_dataset(val, "validation")
@@ -302,15 +377,22 @@ def fit(
         try:
             json.dumps(dict(model_spec), allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"model_spec must be JSON-serialisable: {exc}") from None
+            raise InputError(f"model_spec must be JSON-serialisable: {exc}") from None
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < -1:
-        raise ValueError(f"fit(max_steps={max_steps!r}): use -1 (no limit) or a number of steps >= 0")
+        raise InputError(f"fit(max_steps={max_steps!r}): use -1 (no limit) or a number of steps >= 0")
 
     ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
+    best_path = out / BEST_NAME
+    resumed = resume and ckpt_path.exists()
+    start, best_state = _resume_point(ckpt_path, model, config, val is not None) if resumed else (_Start(), None)
+    # from here on the run is accepted: only now are files of out_dir touched
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME))
     if not resume:  # start over: never resume into an older run's checkpoints later
         ckpt_path.unlink(missing_ok=True)
-        (out / BEST_NAME).unlink(missing_ok=True)
-    start = _resume_point(ckpt_path, model, config, val is not None) if resume and ckpt_path.exists() else _Start()
+        best_path.unlink(missing_ok=True)
+    if resumed:
+        _check_best(ckpt_path, best_path, start, best_state)
     if start.epoch >= config.epochs or 0 <= max_steps <= start.step:
         finished = start.epoch >= config.epochs
         if not metrics_path.exists() or finished:
@@ -328,20 +410,14 @@ def fit(
         module._maps = build_maps(model, config)  # fails here, naming the module, if relprop cannot trace it
     stop = _Stop(max_steps)
     callbacks: list[Callback] = [stop]
+    best: _BestCheckpoint | None = None
     if val is not None:  # before last: see the module docstring
-        callbacks.append(
-            _EpochEndCheckpoint(
-                dirpath=out,
-                filename=Path(BEST_NAME).stem,
-                monitor="val_loss",
-                mode="min",
-                save_top_k=1,
-                save_on_train_epoch_end=True,
-                enable_version_counter=False,
-            )
-        )
-    metrics_file = _MetricsFile(metrics_path, stop)
-    callbacks += [_LastCheckpoint(out, stop), metrics_file]
+        best = _BestCheckpoint(best_path)
+        if best_state is not None:  # also when last.ckpt predates this callback (Lightning would skip it)
+            best.load_state_dict(best_state)
+        callbacks.append(best)
+    metrics_file = _MetricsFile(metrics_path, stop, start.epoch, start.step)
+    callbacks += [_LastCheckpoint(out, stop, best), metrics_file]
     stop.install()  # from here on, before Lightning's own handler (see _Stop)
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [lg.level for lg in loggers]
@@ -415,32 +491,103 @@ def _metrics_doc(
     }
 
 
-def _resume_point(path: Path, model: nn.Module, config: TrainConfig, validates: bool) -> _Start:
-    """What ``path`` (last.ckpt) records, after checking that ``config`` may continue it; loads its weights into
-    ``model`` (so that a finished run returns the trained model without training)."""
-    ckpt = read_checkpoint(path)
-    meta = ckpt["relprop"]
-    kept_best = any("'val_loss'" in key for key in ckpt.get("callbacks") or {})
-    if kept_best and not validates:
+def check_resume(out_dir: str | Path, model: nn.Module, config: TrainConfig, *, validates: bool = True) -> int | None:
+    """What ``fit(model, ..., config, out_dir=out_dir, resume=True)`` would resume from, checked without changing
+    any file: the epochs ``out_dir/last.ckpt`` has done, or None if there is none. Raises what fit raises for a
+    refused resume (:class:`~relprop.isnet.config.ResumeConflict`, :class:`~relprop.errors.CheckpointError`,
+    :class:`~relprop.errors.UsageError`), so that a caller can refuse before it writes files of its own."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fit warns when it resumes
+        start, _ = _resume_point(path, model, config, validates)
+    return start.epoch
+
+
+_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+
+
+def _check_accelerator(accelerator: Any, devices: Any) -> None:
+    """A clear error for an accelerator or devices value Lightning would reject deep inside its setup."""
+    if not isinstance(accelerator, str) or accelerator not in _ACCELERATORS:
+        hint = ""
+        if isinstance(accelerator, str) and ":" in accelerator:
+            kind, _, index = accelerator.partition(":")
+            hint = f" (a device index goes in devices: accelerator={kind!r}, devices=[{index}])"
+        raise InputError(f"fit(accelerator={accelerator!r}): use one of {', '.join(map(repr, _ACCELERATORS))}{hint}")
+    if isinstance(devices, bool) or not (
+        (isinstance(devices, int) and (devices >= 1 or devices == -1))
+        or (isinstance(devices, str) and devices == "auto")
+        or (isinstance(devices, (list, tuple)) and devices and all(isinstance(d, int) and d >= 0 for d in devices))
+    ):
+        raise InputError(
+            f"fit(devices={devices!r}): use a number of devices >= 1, -1 (all), 'auto' or a list of indices"
+        )
+
+
+def _best_state(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The best epoch and score a checkpoint records: :class:`_BestCheckpoint`'s state or, in a checkpoint of an
+    earlier relprop (a ``ModelCheckpoint(monitor="val_loss")``), its best score (epoch None: unknown)."""
+    callbacks = ckpt.get("callbacks") or {}
+    state = callbacks.get(BEST_STATE_KEY)
+    if isinstance(state, Mapping):
+        return dict(state)
+    for key, value in callbacks.items():
+        if "'val_loss'" in str(key) and isinstance(value, Mapping):
+            score = value.get("best_model_score")
+            return {"monitor": "val_loss", "score": float(score) if score is not None else None, "epoch": None}
+    return None
+
+
+def _check_best(last: Path, best: Path, start: _Start, state: Mapping[str, Any] | None) -> None:
+    """Check that best.ckpt holds the epoch last.ckpt records as the best; repair it from last.ckpt when
+    last.ckpt is that very epoch (a kill between writing last.ckpt and copying it), warn otherwise."""
+    want = state.get("epoch") if state is not None else None
+    if want is None:
+        return  # no best epoch yet, or an earlier relprop's checkpoint that does not say which
+    found: int | None = None
+    if best.exists():
+        try:
+            found = int(read_checkpoint(best)["relprop"].get("epoch", -1))
+        except (CheckpointError, TypeError, ValueError):
+            found = None
+    if found == want:
+        return
+    what = "is missing" if not best.exists() else f"holds epoch {found}" if found is not None else "is unreadable"
+    if start.epoch == want and start.batch == 0:
+        _write_best(last, best)
         warnings.warn(
-            f"{path} comes from a run with validation data and is resumed without: {BEST_NAME} stays as it is, and "
-            "a later run with validation data starts its search for the best epoch anew",
+            f"{best} {what}, but {last} records epoch {want} as the best (an interrupted copy?); repaired: "
+            f"{best.name} is now a copy of {last.name}, which holds that epoch",
             stacklevel=3,
         )
+        return
+    warnings.warn(
+        f"{best} {what}, but {last} records epoch {want} as the best, and no file holds that epoch any more: "
+        f"{best.name} is not the run's best epoch (a later better epoch replaces it); start over with "
+        "resume=False for a trustworthy best checkpoint",
+        stacklevel=3,
+    )
+
+
+def _resume_point(
+    path: Path, model: nn.Module, config: TrainConfig, validates: bool
+) -> tuple[_Start, dict[str, Any] | None]:
+    """What ``path`` (last.ckpt) records, after checking that ``config`` may continue it, and its best-epoch state;
+    loads its weights into ``model`` (so that a finished run returns the trained model without training). Changes
+    no file: a refused resume leaves the run as it was."""
+    ckpt = read_checkpoint(path)
+    meta = ckpt["relprop"]
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"cannot resume from {path}: it was written by another version of relprop (checkpoint format "
             f"{meta.get('format')!r}, this version reads {FORMAT}); use resume=False to start over, or another out_dir"
         )
-    saved: TrainConfig = meta["config"]
-    a, b = saved.to_dict(), config.to_dict()
-    differing = [k for k in a if k != "epochs" and a[k] != b[k]]
-    if differing:
-        detail = "; ".join(f"{k}: checkpoint {a[k]!r}, now {b[k]!r}" for k in differing)
-        raise ValueError(
-            f"cannot resume from {path}: its training config differs in {', '.join(differing)} ({detail}). "
-            "Use the same config (only epochs may change), another out_dir, or resume=False to start over"
-        )
+    conflicts = resume_conflicts(meta["config"], config)
+    if conflicts:
+        raise ResumeConflict(path, conflicts)
+    best_state = _best_state(ckpt)
     try:
         model.load_state_dict(model_state(ckpt))
     except RuntimeError as exc:
@@ -453,12 +600,23 @@ def _resume_point(path: Path, model: nn.Module, config: TrainConfig, validates: 
         resumed=True,
     )
     if start.batch and start.epoch >= config.epochs:
-        raise ValueError(f"cannot resume from {path}: it stopped inside epoch {start.epoch}, after config.epochs")
-    if start.epoch > config.epochs:
-        raise ValueError(
-            f"cannot resume from {path}: it has trained {start.epoch} epochs, more than config.epochs={config.epochs}"
+        raise UsageError(
+            f"cannot resume from {path}: it stopped inside epoch {start.epoch}, after config.epochs; "
+            f"use epochs >= {start.epoch + 1}"
         )
-    return start
+    if start.epoch > config.epochs:
+        raise UsageError(
+            f"cannot resume from {path}: it has trained {start.epoch} epochs, more than config.epochs={config.epochs}; "
+            f"use epochs >= {start.epoch}"
+        )
+    if best_state is not None and not validates:
+        warnings.warn(
+            f"{path} comes from a run with validation data and is resumed without: {BEST_NAME} stays as it is, and "
+            "a later run with validation data starts its search for the best epoch anew",
+            stacklevel=3,
+        )
+        best_state = None
+    return start, best_state
 
 
-__all__ = ["TrainResult", "fit"]
+__all__ = ["TrainResult", "check_resume", "fit"]

@@ -14,13 +14,15 @@ For heatmaps H of shape (B, K, C, h, w) (K maps per image) and a binary foregrou
    detached); L_fg = mean_k L_lo + mean_k L_hi.
 7. L_H = A·L_bg + B·L_fg per image, averaged over the batch; total L = (1 − P)·CE + P·L_H.
 
-Unlike the authors' code, a non-binary mask, a mask that cannot be resized to the heatmap, or NaN/Inf
-relevance is an error instead of being silently replaced.
+Unlike the authors' code, a non-binary mask (:func:`check_mask`, the validator of every mask consumer), a mask
+that cannot be resized to the heatmap, or NaN/Inf relevance is an error instead of being silently replaced, and a
+sample without foreground (whose background term divides by a zero foreground) is a warning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,9 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 
 _TINY = 1e-10
+
+
+class ConfigError(UsageError):
+    """A training hyperparameter (:class:`~relprop.isnet.TrainConfig`, :class:`HeatmapLossConfig`) is invalid; the
+    message names the field. (A :class:`~relprop.errors.UsageError`, so also a ``ValueError``.)"""
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,14 @@ class HeatmapLossConfig:
     C2: float = 25.0  #: upper bound of the foreground relevance total
 
     def __post_init__(self) -> None:
+        for name in ("d", "E", "A", "B", "C1", "C2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"HeatmapLossConfig({name}={value!r}): must be a finite number")
         if not 0.0 <= self.d <= 1.0:
-            raise ValueError(f"HeatmapLossConfig(d={self.d}): the GWRP decay must lie in [0, 1]")
+            raise ConfigError(f"HeatmapLossConfig(d={self.d}): the GWRP decay must lie in [0, 1]")
         if self.E <= 0 or self.C1 <= 0 or self.C2 < self.C1:
-            raise ValueError(f"HeatmapLossConfig(E={self.E}, C1={self.C1}, C2={self.C2}): need E > 0 and 0 < C1 <= C2")
+            raise ConfigError(f"HeatmapLossConfig(E={self.E}, C1={self.C1}, C2={self.C2}): need E > 0 and 0 < C1 <= C2")
 
 
 def _as_maps(heatmaps: Tensor) -> Tensor:
@@ -61,27 +72,95 @@ def _as_maps(heatmaps: Tensor) -> Tensor:
     return heatmaps
 
 
+class EmptyForegroundWarning(UserWarning):
+    """Some samples of a batch have an all-background mask: their heatmap loss normalises by a zero foreground."""
+
+
+def _values_problem(m: Tensor, what: str) -> str | None:
+    """Why ``m`` (any dtype) is not a binary 0/1 foreground mask, with the fix; None if it is one."""
+    if m.dtype == torch.bool:
+        return None
+    if m.is_complex():
+        return f"{what} has the complex dtype {m.dtype}; use a bool or 0/1 float tensor"
+    if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+        return f"{what} contains NaN or Inf values; a foreground mask holds 0 (background) and 1 (foreground) only"
+    binary = (m == 0) | (m == 1)
+    if bool(binary.all()):
+        return None
+    values = torch.unique(m[~binary].flatten()[:100_000].double())
+    shown = ", ".join(f"{float(v):g}" for v in values[:4]) + (", ..." if values.numel() > 4 else "")
+    if bool(((m == 0) | (m == 255)).all()):
+        return (
+            f"{what} is not binary: it holds 0 and 255 (an 8-bit mask image), and 1 - 255 would weight the "
+            "foreground as background; pass (mask / 255) or (mask > 0)"
+        )
+    n = int((~binary).sum())
+    return (
+        f"{what} is not binary: it contains {n} values other than 0 and 1 (e.g. {shown}); "
+        "threshold it first, e.g. (mask > 0.5), or for an 8-bit mask (mask / 255) or (mask > 0)"
+    )
+
+
+def check_mask(
+    mask: Tensor,
+    *,
+    batch: int | None = None,
+    size: Sequence[int] | None = None,
+    what: str = "mask",
+    of: str = "the batch",
+) -> Tensor:
+    """The foreground mask as a float32 (or the mask's float dtype) tensor of shape (B, 1, H, W), checked.
+
+    The one validator of every function that takes a foreground mask (the heatmap losses, ``rrr_penalty``,
+    ``isnet_step``, :func:`relprop.evaluation.background_share`, :class:`relprop.data.MaskedTensorDataset`).
+    ``mask`` is a tensor (B, H, W), (B, 1, H, W) or (B, 1, 1, H, W) of bools or of the values 0 and 1 only
+    (1 = foreground); a uint8 {0, 255} mask, values outside {0, 1} and NaN are an
+    :class:`~relprop.errors.InputError` naming the fix. ``batch``: the number of samples it must have;
+    ``size``: its (H, W); ``of`` names what ``batch`` counts in the message.
+    """
+    if not isinstance(mask, Tensor):
+        raise InputError(f"{what} must be a torch.Tensor (B, 1, H, W) of 0/1 values, not {type(mask).__name__}")
+    m = mask
+    if m.dim() == 3:
+        m = m.unsqueeze(1)
+    if m.dim() == 5 and m.shape[2] == 1:
+        m = m.squeeze(2)
+    if m.dim() != 4 or m.shape[1] != 1:
+        raise InputError(f"{what} must have shape (B, H, W) or (B, 1, H, W), got {tuple(mask.shape)}")
+    if batch is not None and m.shape[0] != batch:
+        raise InputError(f"{what} has {m.shape[0]} samples but {of} {'has' if of == 'the batch' else 'have'} {batch}")
+    if size is not None:
+        h, w = int(size[0]), int(size[1])
+        H, W = int(m.shape[-2]), int(m.shape[-1])
+        if (H, W) != (h, w):
+            raise InputError(f"{what} is {H}x{W} but the input is {h}x{w}: give a mask of the input's size (H, W)")
+    problem = _values_problem(m, what)
+    if problem is not None:
+        raise InputError(problem)
+    return m if m.is_floating_point() else m.float()
+
+
+def warn_empty_foreground(mask: Tensor, stacklevel: int = 3) -> None:
+    """Warn (:class:`EmptyForegroundWarning`) naming how many samples of a checked mask (B, 1, ...) have no
+    foreground pixel."""
+    empty = int((mask.flatten(1).amax(1) == 0).sum()) if mask.numel() else 0
+    if empty:
+        warnings.warn(
+            f"{empty} of {mask.shape[0]} samples in the batch have an empty foreground (an all-background mask): "
+            "their heatmap loss normalises by a zero foreground and is very large; drop them from the data or "
+            "give them a foreground",
+            EmptyForegroundWarning,
+            stacklevel=stacklevel,
+        )
+
+
 def prepare_mask(mask: Tensor, size: Sequence[int], batch: int) -> Tensor:
-    """The foreground mask as a float tensor of shape (B, 1, 1, h, w), checked and resized.
+    """The foreground mask as a float tensor of shape (B, 1, 1, h, w), checked (:func:`check_mask`) and resized.
 
     ``mask`` has shape (B, H, W), (B, 1, H, W) or (B, 1, 1, H, W) with values 0 and 1 only; H and W must be
     integer multiples of ``size`` (a resized cell is foreground if any of its pixels is).
     """
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(1)
-    if mask.dim() == 5:
-        mask = mask.squeeze(2)
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise InputError(f"mask must have shape (B, H, W) or (B, 1, H, W), got {tuple(mask.shape)}")
-    if mask.shape[0] != batch:
-        raise InputError(f"mask has {mask.shape[0]} samples but the heatmaps have {batch}")
-    m = mask if mask.is_floating_point() else mask.float()
-    if not bool(((m == 0) | (m == 1)).all()):
-        bad = m[(m != 0) & (m != 1)]
-        raise InputError(
-            f"mask is not binary: it contains {bad.numel()} values other than 0 and 1 (e.g. {float(bad[0]):g}); "
-            "threshold it first, e.g. (mask > 0.5)"
-        )
+    m = check_mask(mask, batch=batch, of="the heatmaps")
     h, w = int(size[0]), int(size[1])
     H, W = m.shape[-2:]
     if (H, W) != (h, w):
@@ -108,10 +187,20 @@ def gwrp(x: Tensor, d: float) -> Tensor:
     return (values * weights).sum(-1) / weights.sum()
 
 
-def background_loss(heatmaps: Tensor, mask: Tensor, config: HeatmapLossConfig = HeatmapLossConfig()) -> Tensor:
-    """L_bg per image (B,): log(1 + GWRP(Hn ⊙ (1 − M)) / E), averaged over channels and maps."""
+def _maps_and_mask(heatmaps: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     H = _as_maps(heatmaps)
-    M = prepare_mask(mask, H.shape[-2:], H.shape[0])
+    return H, prepare_mask(mask, H.shape[-2:], H.shape[0])
+
+
+def background_loss(heatmaps: Tensor, mask: Tensor, config: HeatmapLossConfig = HeatmapLossConfig()) -> Tensor:
+    """L_bg per image (B,): log(1 + GWRP(Hn ⊙ (1 − M)) / E), averaged over channels and maps. Warns
+    (:class:`EmptyForegroundWarning`) about samples without foreground."""
+    H, M = _maps_and_mask(heatmaps, mask)
+    warn_empty_foreground(M)
+    return _background_loss(H, M, config)
+
+
+def _background_loss(H: Tensor, M: Tensor, config: HeatmapLossConfig) -> Tensor:
     a = H.abs()
     fg_mean = (a * M).sum((2, 3, 4)) / (M.sum((2, 3, 4)) * a.shape[2] + _TINY)
     hn = a / (fg_mean[..., None, None, None] + _TINY)
@@ -120,9 +209,14 @@ def background_loss(heatmaps: Tensor, mask: Tensor, config: HeatmapLossConfig = 
 
 
 def foreground_loss(heatmaps: Tensor, mask: Tensor, config: HeatmapLossConfig = HeatmapLossConfig()) -> Tensor:
-    """L_fg per image (B,): keeps the foreground total F = Σ|H|·M of every map inside [C1, C2]."""
-    H = _as_maps(heatmaps)
-    M = prepare_mask(mask, H.shape[-2:], H.shape[0])
+    """L_fg per image (B,): keeps the foreground total F = Σ|H|·M of every map inside [C1, C2]. Warns
+    (:class:`EmptyForegroundWarning`) about samples without foreground."""
+    H, M = _maps_and_mask(heatmaps, mask)
+    warn_empty_foreground(M)
+    return _foreground_loss(H, M, config)
+
+
+def _foreground_loss(H: Tensor, M: Tensor, config: HeatmapLossConfig) -> Tensor:
     total = (H.abs() * M).sum((2, 3, 4))  # (B, K)
     c1, c2 = config.C1, config.C2
     low = (torch.clamp(c1 - total, min=0) / c1) ** 2
@@ -133,10 +227,11 @@ def foreground_loss(heatmaps: Tensor, mask: Tensor, config: HeatmapLossConfig = 
 
 
 def heatmap_loss(heatmaps: Tensor, mask: Tensor, config: HeatmapLossConfig = HeatmapLossConfig()) -> Tensor:
-    """L_H = mean over the batch of A·L_bg + B·L_fg."""
-    return (
-        config.A * background_loss(heatmaps, mask, config) + config.B * foreground_loss(heatmaps, mask, config)
-    ).mean()
+    """L_H = mean over the batch of A·L_bg + B·L_fg. Warns once per call (:class:`EmptyForegroundWarning`),
+    naming how many samples have an all-background mask."""
+    H, M = _maps_and_mask(heatmaps, mask)
+    warn_empty_foreground(M)
+    return (config.A * _background_loss(H, M, config) + config.B * _foreground_loss(H, M, config)).mean()
 
 
 def isnet_loss(
@@ -149,10 +244,26 @@ def isnet_loss(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(L, CE, L_H) with L = (1 − P)·CE + P·L_H."""
     if not 0.0 <= P <= 1.0:
-        raise ValueError(f"isnet_loss(P={P}): P must lie in [0, 1]")
+        raise InputError(f"isnet_loss(P={P}): P must lie in [0, 1]")
+    H, M = _maps_and_mask(heatmaps, mask)
+    if logits.dim() == 2:
+        check_labels(labels, logits.shape[1])
     ce = F.cross_entropy(logits, labels)
-    lh = heatmap_loss(heatmaps, mask, config)
+    warn_empty_foreground(M)
+    lh = (config.A * _background_loss(H, M, config) + config.B * _foreground_loss(H, M, config)).mean()
     return (1 - P) * ce + P * lh, ce, lh
+
+
+def check_labels(labels: Tensor, num_classes: int, what: str = "labels") -> None:
+    """An :class:`~relprop.errors.InputError` naming the first label outside 0..num_classes-1 and the fix."""
+    bad = (labels < 0) | (labels >= num_classes)
+    if bool(bad.any()):
+        label = int(labels[bad][0])
+        raise InputError(
+            f"{what} hold the class {label}, but the model has {num_classes} outputs (classes 0..{num_classes - 1}): "
+            f"give the model one output per class (num_classes >= {int(labels.max()) + 1}), or map the labels "
+            f"to 0..{num_classes - 1}"
+        )
 
 
 def tune_c1_c2(foreground_totals: Tensor) -> tuple[float, float]:

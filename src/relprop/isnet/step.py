@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .config import METHODS, TrainConfig, p_at
-from .loss import isnet_loss
+from .loss import check_labels, check_mask, isnet_loss
 from .variants import ISNetMaps, rrr_penalty
 
 
@@ -42,10 +42,22 @@ def unpack_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
             f"masks have shape {tuple(mask.shape)} but the images have shape {tuple(x.shape)}: "
             f"expected masks of shape ({b}, 1, {h}, {w})"
         )
+    mask = check_mask(mask, batch=b, size=(h, w), what="masks")
     y = y.reshape(-1) if y.dim() == 2 and y.shape[1] == 1 else y
-    if y.dim() != 1 or y.shape[0] != b or y.is_floating_point() or y.is_complex():
+    if y.dim() != 1 or y.shape[0] != b or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise InputError(f"labels must be integer class indices of shape ({b},), got {y.dtype} {tuple(y.shape)}")
+    if bool((y < 0).any()):
+        raise InputError(f"labels must be class indices >= 0, got {int(y[y < 0][0])}")
     return x, mask.to(x.dtype), y.long()
+
+
+def _checked_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """``logits`` if they are (B, C) and every label is a class 0..C-1; an InputError otherwise."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        got = f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise InputError(f"the model must return logits of shape (B, C), got {got}")
+    check_labels(labels, logits.shape[1])
+    return logits
 
 
 def build_maps(model: nn.Module, config: TrainConfig) -> ISNetMaps:
@@ -89,11 +101,11 @@ def isnet_step(
     where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
     stats: dict[str, float] = {}
     if config.method == "plain":
-        logits = model(x)
+        logits = _checked_logits(model(x), y)
         loss = ce = F.cross_entropy(logits, y)
     elif config.method == "rrr":
         logits, penalty = rrr_penalty(model, x, mask, create_graph=create_graph)
-        ce = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(_checked_logits(logits, y), y)
         loss = ce + config.rrr_lambda * penalty
         stats["rrr"] = float(penalty.detach())
     else:
@@ -105,6 +117,7 @@ def isnet_step(
                 f"{type(model).__name__} with method {config.method!r}"
             )
         logits, heatmaps = maps(x, y, create_graph=create_graph, generator=generator)
+        _checked_logits(logits, y)
         if not bool(torch.isfinite(heatmaps).all()):
             raise FloatingPointError(
                 f"training diverged at {where} (method {config.method!r}): the relevance maps contain NaN or Inf; "

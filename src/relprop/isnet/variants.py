@@ -39,6 +39,7 @@ from ..composites import Composite, isnet_zplus
 from ..composites import isnet as isnet_composite
 from ..errors import InputError
 from ..explainer import Explainer
+from .loss import check_labels, check_mask
 
 VARIANTS = ("original", "dual", "selective", "stochastic", "grad_input")
 Variant = Literal["original", "dual", "selective", "stochastic", "grad_input"]
@@ -151,6 +152,7 @@ class ISNetMaps:
         labels = labels.reshape(-1).to(device=logits.device, dtype=torch.long)
         if labels.numel() != logits.shape[0]:
             raise InputError(f"got {labels.numel()} labels for a batch of {logits.shape[0]}")
+        check_labels(labels, logits.shape[1])
         return labels
 
 
@@ -193,14 +195,14 @@ def _grad_input_maps(model: nn.Module, x: Tensor, create_graph: bool) -> tuple[T
 
 def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, create_graph: bool = True) -> tuple[Tensor, Tensor]:
     """Right for the Right Reasons: ``(logits, penalty)`` with penalty =
-    mean over the batch of Σ ((1 − M) ⊙ ∂ Σ_c log p_c / ∂x)² (M = 1 on the foreground)."""
-    if mask.shape[0] != x.shape[0] or mask.shape[-2:] != x.shape[-2:]:
-        raise InputError(
-            f"the mask has shape {tuple(mask.shape)} but the input has {tuple(x.shape)}: RRR needs a mask of the "
-            "input's size (B, 1, H, W) or (B, H, W)"
-        )
-    if mask.dim() == x.dim() - 1:
-        mask = mask.unsqueeze(1)
+    mean over the batch of Σ ((1 − M) ⊙ ∂ Σ_c log p_c / ∂x)² (M = 1 on the foreground).
+
+    ``mask``: (B, 1, H, W) or (B, H, W) of the input's size, bools or 0/1 values (checked by
+    :func:`~relprop.isnet.loss.check_mask`: a uint8 {0, 255} mask is an error)."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"rrr_penalty needs images x of shape (B, C, H, W), got {got}")
+    mask = check_mask(mask, batch=x.shape[0], size=x.shape[-2:])
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         logits = model(xg)
