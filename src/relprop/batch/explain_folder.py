@@ -334,6 +334,7 @@ class _Run:
         a torn last line."""
         if self._file is None:
             self.job.out.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temporaries()
             self._file = open(self.manifest.path, "r+b" if self.manifest.path.exists() else "wb")
             self._file.truncate(self.manifest.complete_bytes)
             self._file.seek(self.manifest.complete_bytes)
@@ -341,6 +342,17 @@ class _Run:
             if self.fresh:
                 atomic_write_json(self.settings_path, {"fingerprint": self.job.fingerprint, "relprop": __version__})
         return self._file
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporaries that killed atomic writes of this run's files left (``.NAME.XXXXXXXX.tmp``)."""
+        from ..isnet.checkpoints import remove_stale_temporaries
+
+        names: dict[Path, set[str]] = {self.job.out: {MANIFEST, SETTINGS}}
+        for heatmap in self.heatmaps:
+            path = self.job.out / heatmap
+            names.setdefault(path.parent, set()).update({path.name, Path(_raw_path(heatmap)).name})
+        for folder, wanted in names.items():
+            remove_stale_temporaries(folder, wanted)
 
     def _explain_batch(self, batch: ImageBatch, bar: tqdm) -> None:
         job, new = self.job, dict[int, Record]()
@@ -425,11 +437,13 @@ def explain_images(job: Job) -> Summary:
     skipping images an earlier run in ``job.out`` recorded (see the module docstring).
 
     Raises:
-        UsageError: ``job.out`` holds results of other options (and not ``job.overwrite``).
+        UsageError: ``job.out`` holds results of other options (and not ``job.overwrite``), or is a file.
         DataError: an unreadable image with ``job.raise_unreadable``.
     """
     if job.batch_size < 1 or job.workers < 0:
-        raise ValueError(f"batch_size {job.batch_size} must be at least 1 and workers {job.workers} at least 0")
+        raise UsageError(f"--batch-size {job.batch_size} must be at least 1 and --workers {job.workers} at least 0")
+    if job.out.exists() and not job.out.is_dir():
+        raise UsageError(f"--out {job.out} is an existing file, not a folder: pass a folder (it is created if missing)")
     return _Run(job).run()
 
 

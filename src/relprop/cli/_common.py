@@ -36,6 +36,16 @@ def warn(message: str) -> None:
     tqdm.write(f"relprop: warning: {message}", file=sys.stderr)
 
 
+def out_folder(path: Path, flag: str = "--out") -> Path:
+    """``path`` if it can be the output folder of a command (missing, or a folder); a UsageError naming
+    ``flag`` if it is an existing file."""
+    from ..errors import UsageError
+
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is an existing file, not a folder: pass a folder (it is created if missing)")
+    return path
+
+
 def read_run(run: Path) -> dict[str, Any]:
     """The ``run.json`` of a run folder written by ``relprop train``."""
     from ..errors import UsageError

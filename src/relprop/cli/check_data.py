@@ -35,12 +35,23 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Print the data set's problems one per line (stdout) and their count (stderr): exit status 1; none: a
     summary line and 0."""
     import sys
+    from pathlib import Path
 
     from ..data.folders import check_data
     from ..errors import UsageError
 
     if args.root is None and args.csv is None:
         raise UsageError("give a data folder ROOT or --csv FILE")
+    if args.csv is not None and not Path(args.csv).is_file():
+        raise UsageError(f"--csv {args.csv}: file not found (a CSV with the columns image, mask, label[, source])")
+    if args.root is not None and not Path(args.root).is_dir():
+        what = "is a file, not a folder" if Path(args.root).exists() else "not found"
+        raise UsageError(
+            f"data folder {args.root} {what}: give the folder ROOT that holds ROOT/<class>/<image> and "
+            "ROOT/masks/<class>/<stem>.<ext> (or --csv FILE)"
+        )
+    if args.mask_root is not None and not Path(args.mask_root).is_dir():
+        raise UsageError(f"--mask-root {args.mask_root}: folder not found")
     classes = None if not args.classes else [c.strip() for c in args.classes.split(",")]
     found = check_data(args.root, csv=args.csv, mask_root=args.mask_root, classes=classes, progress=True)
     for problem in found.problems:

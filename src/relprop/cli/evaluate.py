@@ -4,6 +4,7 @@ unbiased and deceiving tests, and a heatmap grid."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,20 +38,55 @@ def _label(run: Path, meta: Mapping[str, Any], taken: list[str]) -> str:
     return label
 
 
+UNDEFINED = "undefined"  #: how the table shows a background share that has no value (a model without relevance)
+
+
+def _cell(value: Any, width: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{UNDEFINED:>{width}}"
+    return f"{value:>{width}.3f}"
+
+
+def format_results(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The three-test table (as :func:`relprop.studies.demo.format_table`), with "undefined" for a background
+    share that is NaN (no image with relevance: a collapsed model), never a number."""
+    from ..studies.demo import TEST_SPLITS
+
+    head = f"{'model':<14}" + "".join(f"{s.removeprefix('test_'):>22}" for s in TEST_SPLITS)
+    sub = f"{'':<14}" + "".join(f"{'accuracy':>12}{'bg share':>10}" for _ in TEST_SPLITS)
+    lines = [head, sub]
+    for label, res in results.items():
+        cells = "".join(_cell(res[s]["accuracy"], 12) + _cell(res[s]["background_share"], 10) for s in TEST_SPLITS)
+        lines.append(f"{label:<14}{cells}")
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an undefined metric) as null: evaluation.json stays valid JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Evaluate the runs, print the three-test table, write evaluation.json and heatmaps.png."""
+    import warnings
+
     import torch.nn as nn
 
     from .._io import atomic_write_json
     from ..data import BiasedDigitsConfig, biased_digits
     from ..errors import UsageError
     from ..isnet.evaluation import evaluate, heatmap_figure
-    from ..studies.demo import TEST_SPLITS, format_table
+    from ..studies.demo import TEST_SPLITS
+    from ._common import out_folder, warn
 
     runs: list[Path] = args.runs
     if len(runs) > 1 and args.out is None:
         raise UsageError("--out is required when several runs are evaluated together")
-    out: Path = args.out or runs[0]
+    out: Path = out_folder(args.out) if args.out is not None else runs[0]
     models: dict[str, nn.Module] = {}
     data_cfg = None
     results: dict[str, Any] = {}
@@ -64,10 +100,15 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         label = _label(run, meta, list(models))
         models[label] = model
         tests = {s: splits[s] for s in TEST_SPLITS}
-        results[label] = {"run": str(run), **evaluate(model, tests, progress=not args.quiet)}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scores = evaluate(model, tests, progress=not args.quiet)
+        for w in caught:
+            warn(f"{label} ({run}): {w.message}")
+        results[label] = {"run": str(run), **scores}
     assert data_cfg is not None
-    print(format_table(results))
-    atomic_write_json(out / EVAL_FILE, results, indent=2)
+    print(format_results(results))
+    atomic_write_json(out / EVAL_FILE, _json_safe(results), indent=2)
     splits = biased_digits(data_cfg)
     fig = heatmap_figure(
         models, splits["test_deceiving"], out / "heatmaps.png", class_names=splits["train"].class_names,

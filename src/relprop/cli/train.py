@@ -8,10 +8,10 @@ A run folder holds ``run.json`` (data set and model spec), ``last.ckpt`` and ``m
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ._common import RUN_FILE, command_line, read_run, wrap
+from ._common import RUN_FILE, command_line, out_folder, read_run, wrap
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +50,68 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+#: TrainConfig fields (and loss sub-fields) set by an option of `relprop train`
+_CONFIG_FLAGS = {
+    "method": "--method", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum", "P": "--P",
+    "rrr_lambda": "--rrr-lambda", "seed": "--seed", "loss.d": "--d", "loss.C1": "--C1", "loss.C2": "--C2",
+}  # fmt: skip
+#: run.json "data" / "model_spec" entries set by an option
+_RUN_FLAGS = {
+    "data.source": "--data",
+    "data.n_train": "--n-train",
+    "data.seed": "--seed",
+    "model_spec.width": "--width",
+}
+_SOURCE_CHOICE = {"mnist": "digits", "fashion": "fashion"}
+
+
+def _flag_value(key: str, value: object) -> str:
+    if key == "data.source":
+        return _SOURCE_CHOICE.get(str(value), str(value))
+    return str(value)
+
+
+def _differences(
+    old: Mapping[str, object], new: Mapping[str, object], prefix: str = ""
+) -> list[tuple[str, object, object]]:
+    """(dotted key, old, new) of every leaf that differs."""
+    found: list[tuple[str, object, object]] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def _refuse_resume(out: Path, differences: list[tuple[str, object, object]], flags: Mapping[str, str]) -> None:
+    """A UsageError naming, in command-line words, the options that differ from the run in ``out``."""
+    from ..errors import UsageError
+
+    shown, keep = [], []
+    for key, old, new in differences:
+        flag = flags.get(key)
+        if flag is None:
+            shown.append(f"{key} {old!r} (now {new!r}; not a command-line option)")
+        else:
+            shown.append(f"{flag} {_flag_value(key, old)} (now {_flag_value(key, new)})")
+            keep.append(f"{flag} {_flag_value(key, old)}")
+    again = f"run again with {' '.join(keep)} to resume it, " if keep else ""
+    raise UsageError(
+        f"{out} holds a run trained with other options: {'; '.join(shown)}. To continue, {again}add --no-resume to "
+        "start over with the new options (the run's checkpoints are replaced), or choose another --out"
+    )
+
+
+def _cli_words(message: str) -> str:
+    """A library message about fit() in the command line's words."""
+    for python, flag in (("resume=False", "--no-resume"), ("another out_dir", "another --out"),
+                         ("config.epochs", "--epochs"), ("use epochs >=", "use --epochs >=")):  # fmt: skip
+        message = message.replace(python, flag)
+    return message
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Train one model on biased digits, write the run folder, print a summary line."""
     import time
@@ -59,7 +121,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from .._io import atomic_write_json
     from ..data import BiasedDigitsConfig, biased_digits
-    from ..errors import UsageError
+    from ..errors import RelpropError, UsageError
+    from ..isnet.checkpoints import remove_stale_temporaries
+    from ..isnet.config import ResumeConflict
+    from ..isnet.fitting import check_resume
     from ..isnet.loss import HeatmapLossConfig
     from ..isnet.training import TrainConfig, TrainingInterrupted, fit
     from ..models import build_model
@@ -68,27 +133,44 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads {args.threads}: must be at least 1")
         torch.set_num_threads(args.threads)
-    out: Path = args.out
+    out: Path = out_folder(args.out)
     source = "mnist" if args.data == "digits" else "fashion"
     dcfg = BiasedDigitsConfig(source=source, n_train=args.n_train, seed=args.seed)
-    splits = biased_digits(dcfg)
-    spec = {"name": "digits_cnn", "num_classes": splits["train"].num_classes, "in_channels": 1, "width": args.width}
     config = TrainConfig(
         method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         P=args.P, loss=HeatmapLossConfig(d=args.d, C1=args.C1, C2=args.C2), rrr_lambda=args.rrr_lambda,
         seed=args.seed,
     )  # fmt: skip
+    splits = biased_digits(dcfg)
+    spec = {"name": "digits_cnn", "num_classes": splits["train"].num_classes, "in_channels": 1, "width": args.width}
     run_file = out / RUN_FILE
     run = {"data": asdict(dcfg), "model_spec": spec, "config": config.to_dict()}
-    if run_file.is_file() and not args.no_resume:
-        old = read_run(out)
-        if old["data"] != run["data"] or old["model_spec"] != spec:
-            raise UsageError(
-                f"{out} holds a run on other data or another model ({run_file}); use another --out or --no-resume"
-            )
-    atomic_write_json(run_file, {**run, "command": command_line(argv)}, indent=2)
     torch.manual_seed(args.seed)
     model = build_model(spec)
+    if not args.no_resume:  # refuse before any file of the run is touched
+        if run_file.is_file():
+            old = read_run(out)
+            now = {"data": run["data"], "model_spec": spec}
+            differing = _differences({"data": old["data"], "model_spec": old["model_spec"]}, now)
+            if differing:
+                _refuse_resume(out, differing, _RUN_FLAGS)
+        try:
+            check_resume(out, model, config, validates=True)
+        except ResumeConflict as exc:
+            found: list[tuple[str, object, object]] = []
+            for key, (a, b) in exc.conflicts.items():
+                found += (
+                    _differences(a, b, f"{key}.")
+                    if isinstance(a, Mapping) and isinstance(b, Mapping)
+                    else [(key, a, b)]
+                )
+            _refuse_resume(out, found, _CONFIG_FLAGS)
+        except RelpropError as exc:
+            raise UsageError(_cli_words(str(exc))) from exc
+        torch.manual_seed(args.seed)
+        model = build_model(spec)  # check_resume loaded the checkpoint's weights: fit does that itself
+    remove_stale_temporaries(out, [RUN_FILE])
+    atomic_write_json(run_file, {**run, "command": command_line(argv)}, indent=2)
     start = time.perf_counter()
     try:
         result = fit(
@@ -100,6 +182,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"stopped in epoch {exc.epoch} after {exc.step} steps; {exc.checkpoint} is up to date: run the same "
             "command again to resume"
         ) from exc
+    except RelpropError as exc:
+        raise UsageError(_cli_words(str(exc))) from exc
     last = result.history[-1] if result.history else {}
     print(
         f"trained {args.method} for {len(result.history)} epochs in {time.perf_counter() - start:.0f} s; "
