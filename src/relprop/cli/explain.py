@@ -50,11 +50,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         metavar="SPEC",
-        help="a torchvision architecture name (resnet18, vgg16, ...; built without downloading weights), "
-        "'lenet5' / 'lenet5-adv' (advertorch's pretrained MNIST LeNet-5), or the path of a full model "
-        "saved with torch.save(model, path)",
+        help="a torchvision architecture name (resnet18, vgg16, ...), timm:NAME for a timm architecture "
+        "(timm:resnet18, timm:resnet18.a1_in1k; needs pip install 'relprop[timm]'), 'lenet5' / 'lenet5-adv' "
+        "(advertorch's pretrained MNIST LeNet-5), or the path of a full model saved with torch.save(model, path). "
+        "Architectures are built without weights and nothing is downloaded (hf-hub: specs and URLs are refused): "
+        "give the weights with --weights",
     )
-    ex.add_argument("--weights", metavar="FILE", help="state_dict file for an architecture name")
+    ex.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="local weights file for an architecture name: a state_dict saved with torch.save (.pt/.pth/.bin), a "
+        ".safetensors file, or a checkpoint dict holding the state_dict (under 'state_dict', 'model', ...); read "
+        "without unpickling code",
+    )
     ex.add_argument("--num-classes", type=int, metavar="K", help="number of outputs of an architecture name")
     ex.add_argument(
         "--target",
