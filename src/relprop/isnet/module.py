@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ..errors import UsageError
 from .checkpoints import FORMAT, rng_state, set_rng_state
 from .config import TrainConfig, val_loss
 from .sampling import EpochBatches, EpochSampler, ResumableLoader, epoch_generator
@@ -178,7 +179,7 @@ class ISNetModule(L.LightningModule):
         batch = int(meta.get("batch", 0))
         saved_world = int(meta.get("world_size", 1))
         if batch and saved_world != self.trainer.world_size:
-            raise ValueError(
+            raise UsageError(
                 f"cannot resume mid-epoch on {self.trainer.world_size} processes: the checkpoint stopped inside "
                 f"epoch {meta.get('epoch')} of a run on {saved_world}; resume with devices={saved_world}"
             )

@@ -51,7 +51,7 @@ class EpochSampler(Sampler[int]):
         shuffle: bool = True,
     ) -> None:
         if not 0 <= rank < world_size:
-            raise ValueError(f"EpochSampler(rank={rank}, world_size={world_size}): need 0 <= rank < world_size")
+            raise InputError(f"EpochSampler(rank={rank}, world_size={world_size}): need 0 <= rank < world_size")
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
 
@@ -80,7 +80,7 @@ class EpochBatches(Sampler[list[int]]):
 
     def __init__(self, sampler: EpochSampler, batch_size: int, skip: int = 0) -> None:
         if sampler.start:
-            raise ValueError("EpochBatches skips whole batches (skip=); give it an EpochSampler with start=0")
+            raise InputError("EpochBatches skips whole batches (skip=); give it an EpochSampler with start=0")
         self.sampler, self.batch_size, self.skip = sampler, batch_size, skip
 
     @property

@@ -16,10 +16,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, RelpropError
 from .config import METHODS, TrainConfig, p_at
-from .loss import check_labels, check_mask, isnet_loss
+from .loss import ConfigError, check_labels, check_mask, isnet_loss
 from .variants import ISNetMaps, rrr_penalty
+
+
+class TrainingDiverged(RelpropError, FloatingPointError):
+    """The loss or the relevance maps of a training step are not finite; the message names the epoch, step and
+    method and what to lower. (A ``FloatingPointError`` too.)"""
 
 
 def unpack_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
@@ -96,7 +101,7 @@ def isnet_step(
     Returns ``(loss, {"loss", "ce", "heatmap" (ISNet), "rrr" (rrr), "acc"})``.
     """
     if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
     x, mask, y = unpack_batch(batch)
     where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
     stats: dict[str, float] = {}
@@ -112,14 +117,14 @@ def isnet_step(
         if maps is None:
             maps = build_maps(model, config)
         elif maps.model is not model or maps.variant != config.method:
-            raise ValueError(
+            raise InputError(
                 f"maps= was built for {type(maps.model).__name__} with variant {maps.variant!r}; this step trains "
                 f"{type(model).__name__} with method {config.method!r}"
             )
         logits, heatmaps = maps(x, y, create_graph=create_graph, generator=generator)
         _checked_logits(logits, y)
         if not bool(torch.isfinite(heatmaps).all()):
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"training diverged at {where} (method {config.method!r}): the relevance maps contain NaN or Inf; "
                 "lower the learning rate or P, or check the inputs"
             )
@@ -127,7 +132,7 @@ def isnet_step(
         stats["heatmap"] = float(heat.detach())
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise FloatingPointError(
+        raise TrainingDiverged(
             f"training diverged at {where} (method {config.method!r}): the loss is {value} (CE "
             f"{float(ce.detach())}); lower the learning rate or check the inputs"
         )
@@ -140,4 +145,4 @@ def isnet_step(
     return loss, stats
 
 
-__all__ = ["build_maps", "isnet_step", "unpack_batch"]
+__all__ = ["TrainingDiverged", "build_maps", "isnet_step", "unpack_batch"]

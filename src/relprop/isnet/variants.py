@@ -39,7 +39,7 @@ from ..composites import Composite, isnet_zplus
 from ..composites import isnet as isnet_composite
 from ..errors import InputError
 from ..explainer import Explainer
-from .loss import check_labels, check_mask
+from .loss import ConfigError, check_labels, check_mask
 
 VARIANTS = ("original", "dual", "selective", "stochastic", "grad_input")
 Variant = Literal["original", "dual", "selective", "stochastic", "grad_input"]
@@ -54,7 +54,7 @@ def maps_per_image(variant: str, num_classes: int) -> int:
 
 def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"unknown ISNet variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown ISNet variant {variant!r}; choose one of {', '.join(VARIANTS)}")
 
 
 class ISNetMaps:
@@ -88,9 +88,9 @@ class ISNetMaps:
     ) -> None:
         _check_variant(variant)
         if selective_class not in ("lowest", "label", "predicted"):
-            raise ValueError(f"selective_class={selective_class!r}: use 'lowest', 'label' or 'predicted'")
+            raise ConfigError(f"selective_class={selective_class!r}: use 'lowest', 'label' or 'predicted'")
         if not high > low:
-            raise ValueError(f"ISNetMaps(low={low}, high={high}): need high > low (the input data range)")
+            raise ConfigError(f"ISNetMaps(low={low}, high={high}): need high > low (the input data range)")
         self.model = model
         self.variant = variant
         self.selective_class = selective_class
