@@ -227,9 +227,22 @@ def check_relevance(rel: Any, x: Any) -> None:
 
 
 def error_fields(exc: BaseException) -> dict[str, str]:
+    """Type and message of a failure; for errors that are not relprop's own (whose messages say why), also
+    ``where``: the innermost frame inside relprop, else the innermost frame, as ``file:line in function``."""
+    import traceback
+
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
-    return {"error_type": type(exc).__name__, "error": f"{type(exc).__name__}: {text[:300]}", "error_line": first[:600]}
+    out = {"error_type": type(exc).__name__, "error": f"{type(exc).__name__}: {text[:300]}", "error_line": first[:600]}
+    if type(exc).__module__.split(".")[0] != "relprop" and not isinstance(exc, (CheckFailed, ModelTimeout)):
+        frames = traceback.extract_tb(exc.__traceback__)
+        inside = [f for f in frames if "relprop" in Path(f.filename).parts]
+        if frames:
+            f = (inside or frames)[-1]
+            parts = Path(f.filename).parts
+            short = "/".join(parts[parts.index("relprop") :]) if "relprop" in parts else Path(f.filename).name
+            out["where"] = f"{short}:{f.lineno} in {f.name}"
+    return out
 
 
 def input_sizes(suite: str, name: str, model: Any, size: int) -> list[int]:
@@ -414,11 +427,13 @@ def summarise(
                 if r is None or r["status"] not in ("fail", "timeout"):
                     continue
                 key = f"{r.get('error_type', '?')}: {normalise(r.get('error_line') or r.get('error', ''))}"
-                g = groups.setdefault(key, {"count": 0, "models": {}, "example": r.get("error", "")})
+                g = groups.setdefault(
+                    key, {"count": 0, "models": {}, "example": r.get("error", ""), "where": r.get("where")}
+                )
                 g["count"] += 1
                 g["models"].setdefault(n, []).append(c)
         blockers = [
-            {"message": k, "count": g["count"], "models": g["models"], "example": g["example"]}
+            {"message": k, "count": g["count"], "models": g["models"], "example": g["example"], "where": g["where"]}
             for k, g in sorted(groups.items(), key=lambda kv: (-len(kv[1]["models"]), -kv[1]["count"], kv[0]))
         ]
         out[suite] = {
@@ -472,7 +487,7 @@ def print_report(summary: dict[str, Any], composites: Sequence[str], rows: dict[
             )
             print(f"{len(b['models']):>4} models, {b['count']:>3} rows  {b['message']}")
             print(f"      models: {models}")
-            print(f"      example: {b['example'][:300]}")
+            print(f"      example: {b['example'][:300]}" + (f" (at {b['where']})" if b.get("where") else ""))
 
 
 # -- main ------------------------------------------------------------------------------------------------------
