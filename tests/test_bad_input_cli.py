@@ -178,8 +178,11 @@ def test_evaluate_reports_a_collapsed_model_as_undefined(tmp_path, capsys, train
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     ckpt["state_dict"] = {k: torch.zeros_like(v) for k, v in ckpt["state_dict"].items()}
     torch.save(ckpt, run / "last.ckpt")
+    stale = run / ".evaluation.json.k1ll3d_x.tmp"  # a killed write of an earlier evaluate
+    stale.write_text("{")
     code, out, err = _run(capsys, "evaluate", run, "--quiet")
     assert code == 0, err
+    assert not stale.exists()
     row = next(line for line in out.splitlines() if line.startswith("selective"))
     assert row.count("undefined") == 3 and "0.000 " not in row.replace("undefined", ""), row
     assert "relprop: warning:" in err and "no relevance" in err and "undefined" in err

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     from .._io import atomic_write_json
     from ..data import BiasedDigitsConfig, biased_digits
     from ..errors import UsageError
+    from ..isnet.checkpoints import remove_stale_temporaries
     from ..isnet.evaluation import evaluate, heatmap_figure
     from ..studies.demo import TEST_SPLITS
     from ._common import out_folder, warn
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         results[label] = {"run": str(run), **scores}
     assert data_cfg is not None
     print(format_results(results))
+    remove_stale_temporaries(out, [EVAL_FILE, "heatmaps.png"])  # of killed writes of an earlier evaluate
     atomic_write_json(out / EVAL_FILE, _json_safe(results), indent=2)
     splits = biased_digits(data_cfg)
     fig = heatmap_figure(

@@ -15,6 +15,9 @@ def conservation_error(explanation: Explanation) -> Tensor:
 
     For composites that rescale relevance per step (R-LRP), the unscaled input relevance
     ``relevance · exp(log_scale)`` is used (R-LRP conserves only up to a factor, so expect large values).
+
+    Where the output relevance sums to 0 the error is undefined: NaN if the input relevance sums to 0 too (a
+    collapsed model), Inf otherwise; never 0. Average with ``nanmean`` and count the NaNs.
     """
     if not isinstance(explanation, Explanation):
         raise TypeError(
