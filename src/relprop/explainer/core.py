@@ -13,17 +13,18 @@ One forward feeds many passes: :meth:`Explainer.forward` returns a :class:`Forwa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
 from ..composites import Composite, resolve
-from ..errors import InputError, ModelOutputError, RelpropError
+from ..errors import InputError, ModelOutputError, RelpropError, WrappedModelError
 from ..graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
 from ..graph.batchnorm import running_stats_kept
 from ..graph.linear_map import modified_cache
@@ -34,6 +35,8 @@ from .summary import summary
 from .targets import Target, output_relevance
 
 CompositeLike = str | Composite | Rule
+#: which returned tensor holds the logits: a tuple index, a dict key / NamedTuple field, or a callable picking one
+OutputSelector = int | str | Callable[[Any], Any]
 _MAX_PLANS = 16
 
 
@@ -86,6 +89,10 @@ class Explainer:
             of step: ``"pass"``, ``"route"`` or ``"activation"``.
         rescale: rescale relevance at every step (keeping the factor in ``Explanation.log_scale``); None:
             where a rule declares it needs it (R-LRP).
+        output: for a model that returns several tensors, which one holds the logits: an index into a
+            returned tuple (``0``), a key of a returned dict or a field of a returned NamedTuple
+            (``"logits"``), or a callable on the returned structure that picks one entry
+            (``lambda out: out["logits"]``). The other entries are computed but not explained.
 
     Example::
 
@@ -110,14 +117,16 @@ class Explainer:
         *,
         leaf_modules: Mapping[type, str] | None = None,
         rescale: bool | None = None,
+        output: OutputSelector | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self._model: nn.Module | None = model  # None when held only weakly (the functional cache)
         self._leaf_modules = dict(leaf_modules or {})
         self._rescale = rescale
+        self._output = output
         self.composite = resolve(composite)
-        self._trace = _Trace(model, self._leaf_modules, self.composite, rescale)
+        self._trace = _Trace(model, self._leaf_modules, self.composite, rescale, output)
 
     @property
     def model(self) -> nn.Module:
@@ -149,7 +158,7 @@ class Explainer:
         graph calls the submodules it found)."""
         model = self.model
         if model_structure(model) != self._trace.structure:
-            self._trace = _Trace(model, self._leaf_modules, self.composite, self._rescale)
+            self._trace = _Trace(model, self._leaf_modules, self.composite, self._rescale, self._output)
         return self._trace
 
     # -- public ----------------------------------------------------------------------------------
@@ -213,20 +222,31 @@ class Explainer:
     def _ready(self, x: Tensor) -> _Trace:
         """The current trace, once ``x`` and the model's output are known to be explainable."""
         trace = self._current()
+        self._check_input(trace.graph, x)
         if not trace.reaches_input:
             raise ModelOutputError(
                 f"no relevance reaches the input: the output of {type(self.model).__name__} does not depend on "
                 "the input (it is computed from parameters or constants only, or the input is used only for its "
                 "shape); relprop explains outputs computed from the input tensor"
             )
-        self._check_input(trace.graph, x)
         return trace
 
     def _check_input(self, graph: RelevanceGraph, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise InputError(f"input must be a torch.Tensor, not {type(x).__name__}")
+        if x.device.type == "meta":
+            raise InputError(
+                f"the input (shape {tuple(x.shape)}) is on the meta device: it has a shape but no values to "
+                "explain; pass a tensor with data (e.g. on 'cpu' or 'cuda')"
+            )
         if not x.is_floating_point():
             raise InputError(f"input has dtype {x.dtype}; relprop needs a floating-point input (e.g. x.float() / 255)")
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise InputError(
+                f"the batch is empty (input shape {tuple(x.shape)}): explain at least one sample, shape (B, ...) "
+                "with B >= 1"
+            )
+        _check_model_matches(self.model, x)
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
             n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
@@ -269,12 +289,13 @@ class Explainer:
         exact = frozenset().union(*(p.exact_forward for p in plans))
         env: dict[Any, Any] = {}
         logits: Any = None
-        for step in trace.graph.steps:
+        graph = trace.graph
+        for step in graph.steps:
             if step.kind == "input":
                 env[step.node] = x
                 continue
             if step.kind == "output":
-                logits = env[step.node.args[0]] if not isinstance(step.node.args[0], tuple) else None
+                logits = env[graph.output.inputs[0].node] if graph.output.inputs else None
                 break
             assert step.call is not None
             try:
@@ -304,7 +325,7 @@ class Explainer:
                 ) from exc
         if not isinstance(logits, Tensor) or logits.dim() != 2:
             got = type(logits).__name__ if not isinstance(logits, Tensor) else f"shape {tuple(logits.shape)}"
-            raise RelpropError(
+            raise ModelOutputError(
                 f"{type(self.model).__name__} returned {got}; relprop explains models that return logits "
                 "of shape (B, C). Wrap the model so that forward returns that tensor."
             )
@@ -377,10 +398,13 @@ class _Trace:
     """One trace of the model: its relevance graph, the plans resolved on it, and what it depends on."""
 
     def __init__(
-        self, model: nn.Module, leaf_modules: Mapping[type, str], composite: Composite, rescale: bool | None
-    ) -> None:
+        self, model: nn.Module, leaf_modules: Mapping[type, str], composite: Composite, rescale: bool | None,
+        output: OutputSelector | None = None,
+    ) -> None:  # fmt: skip
+        _check_not_wrapped(model)
         self.structure = model_structure(model)
         self.graph = RelevanceGraph(model, leaf_modules)
+        _select_output(self.graph, model, output)
         self.rescale = rescale
         self.plans: dict[Any, Plan] = {}
         self.plan: Plan = self.plan_for(composite)
@@ -414,8 +438,144 @@ def _reaches_input(graph: RelevanceGraph) -> bool:
     return False
 
 
+# -- what is explained: the model itself, its logits, an input that fits it -------------------------------------
+def _wrapper(m: nn.Module) -> tuple[str, str, str] | None:
+    """For a wrapper relprop cannot trace: why, what to explain instead, and what to put in its place as a
+    submodule; None for any other module."""
+    if isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return (
+            "it runs the wrapped model on several devices", "the wrapped model itself: model.module",
+            "the module it wraps (its .module)",
+        )  # fmt: skip
+    if isinstance(m, torch.jit.ScriptModule):
+        return (
+            "TorchScript (torch.jit.script/trace/load) has no Python forward to trace",
+            "the eager nn.Module it was made from, or build the architecture and load the TorchScript weights "
+            "into it: eager = MyModel(); eager.load_state_dict(scripted.state_dict())",
+            "the eager module it was made from (with load_state_dict(scripted.state_dict()))",
+        )
+    if type(m).__name__ == "OptimizedModule" and isinstance(getattr(m, "_orig_mod", None), nn.Module):
+        return (
+            "torch.compile'd modules run through TorchDynamo", "the original module: model._orig_mod",
+            "the original module (its ._orig_mod)",
+        )  # fmt: skip
+    return None
+
+
+def _check_not_wrapped(model: nn.Module) -> None:
+    """Wrappers are refused before tracing (fx's own message about them names unrelated control flow)."""
+    for name, m in model.named_modules():
+        found = _wrapper(m)
+        if found is None:
+            continue
+        why, root_fix, sub_fix = found
+        if not name:
+            raise WrappedModelError(f"relprop cannot trace a {type(m).__name__} model ({why}); explain {root_fix}")
+        raise WrappedModelError(
+            f"submodule '{name}' is a {type(m).__name__}, which relprop cannot trace ({why}); replace it in the "
+            f"model by {sub_fix}"
+        )
+
+
+def _describe_output(arg: Any) -> str:
+    if isinstance(arg, dict):
+        return f"a dict with keys {', '.join(repr(k) for k in arg)}"
+    if isinstance(arg, tuple) and hasattr(arg, "_fields"):
+        return f"a {type(arg).__name__} with fields {', '.join(repr(k) for k in arg._fields)}"
+    if isinstance(arg, (tuple, list)):
+        return f"a {type(arg).__name__} of {len(arg)} outputs"
+    return type(arg).__name__
+
+
+def _output_hint(arg: Any) -> str:
+    """An ``output=`` that would select the logits from the structure ``arg``."""
+    if isinstance(arg, dict):
+        key = next((k for k in arg if str(k).lower() in ("logits", "out", "output", "scores")), next(iter(arg), None))
+        return f"output={key!r} (or a callable, output=lambda out: out[{key!r}])"
+    if isinstance(arg, tuple) and hasattr(arg, "_fields"):
+        field = next((f for f in arg._fields if f.lower() in ("logits", "out", "output")), arg._fields[0])
+        return f"output={field!r} (or output=0, or a callable, output=lambda out: out.{field})"
+    return "output=0 for the first (or a callable, output=lambda out: out[0])"
+
+
+def _select_output(graph: RelevanceGraph, model: nn.Module, output: OutputSelector | None) -> None:
+    """Make the graph's output step the selected logits: the relevance pass starts there, and the other
+    returned tensors become ordinary values nobody reads."""
+    out_step = graph.output
+    arg = out_step.node.args[0]
+    name = type(model).__name__
+    if output is None:
+        if isinstance(arg, fx.Node):
+            return
+        raise ModelOutputError(
+            f"{name} returns {_describe_output(arg)}; relprop explains one tensor of logits of shape (B, C): say "
+            f"which with Explainer(model, ..., {_output_hint(arg)}) or relprop.explain(..., output=...)"
+        )
+    if isinstance(arg, fx.Node) and not callable(output):
+        raise ModelOutputError(
+            f"output={output!r}, but {name} returns a single tensor (as traced): leave out output=, which selects "
+            "among the entries of a returned tuple or dict"
+        )
+    try:
+        if callable(output):
+            picked = output(arg)
+        elif isinstance(output, str) and isinstance(arg, tuple) and hasattr(arg, "_fields"):
+            picked = getattr(arg, output)
+        else:
+            picked = cast(Any, arg)[output]
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ModelOutputError(
+            f"output={output!r} selects nothing from what {name} returns, {_describe_output(arg)} "
+            f"({type(exc).__name__}: {exc}); use {_output_hint(arg)}"
+        ) from exc
+    step = graph.by_node.get(picked) if isinstance(picked, fx.Node) else None
+    if step is None or step.kind in ("const", "meta"):
+        raise ModelOutputError(
+            f"output={output!r} must select one tensor computed by {name}, got {type(picked).__name__} from "
+            f"{_describe_output(arg)}; use {_output_hint(arg)}"
+        )
+    for other in out_step.inputs:
+        graph.users[other] = [u for u in graph.users[other] if u is not out_step]
+    out_step.inputs = [step]
+    graph.users[step].append(out_step)
+
+
+def _check_model_matches(model: nn.Module, x: Tensor) -> None:
+    """The input is on the model's device and of its dtype (where the model's floating-point tensors agree)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    devices = {t.device for t in tensors}
+    if len(devices) == 1:
+        (device,) = devices
+        if device.type == "meta":
+            raise InputError(
+                f"the model's parameters are on the meta device (shapes without values) and the input is on "
+                f"{x.device}: materialise the model on the input's device and load its weights first, "
+                f"model.to_empty(device='{x.device}') then model.load_state_dict(state_dict)"
+            )
+        if device != x.device:
+            raise InputError(
+                f"the input is on {x.device} but the model's parameters are on {device}: move the input with "
+                f"x.to('{device}') (or the model with model.to('{x.device}'))"
+            )
+    dtypes = {t.dtype for t in model.parameters() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        (dtype,) = dtypes
+        if dtype != x.dtype:
+            to_x = _DTYPE_METHOD.get(dtype, f"to({dtype})")
+            to_m = _DTYPE_METHOD.get(x.dtype, f"to({x.dtype})")
+            raise InputError(
+                f"the input has dtype {x.dtype} but the model's parameters are {dtype}: convert the input with "
+                f"x.{to_x} (or the model with model.{to_m})"
+            )
+
+
+_DTYPE_METHOD = {
+    torch.float32: "float()", torch.float64: "double()", torch.float16: "half()", torch.bfloat16: "bfloat16()",
+}  # fmt: skip
+
+
 def _batch_statistics(bn: nn.Module) -> bool:
     return bool(bn.training) or getattr(bn, "running_mean", None) is None
 
 
-__all__ = ["Explainer", "Explanation", "ForwardPass", "Target", "model_structure"]
+__all__ = ["Explainer", "Explanation", "ForwardPass", "OutputSelector", "Target", "model_structure"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Union
 
@@ -30,8 +31,8 @@ def output_relevance(logits: Tensor, target: Target, seed: str = "logit") -> tup
         idx = logits.detach().argmax(1)
     elif isinstance(target, bool):
         raise TargetError("target must be a class index, not a bool")
-    elif isinstance(target, int):
-        idx = torch.full((b,), target, dtype=torch.long, device=logits.device)
+    elif isinstance(target, numbers.Integral):  # int, numpy integers
+        idx = torch.full((b,), int(target), dtype=torch.long, device=logits.device)
     elif isinstance(target, Tensor):
         if target.is_floating_point():
             if target.shape != logits.shape:
