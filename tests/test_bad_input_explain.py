@@ -143,10 +143,6 @@ def test_a_selector_that_picks_no_tensor_is_a_clear_error() -> None:
         relprop.Explainer(small_cnn(), output=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs graph/steps.py: a NamedTuple constructor call (torchvision's GoogLeNetOutputs) has no step kind",
-)
 def test_googlenet_in_train_mode_with_a_selector() -> None:
     import torchvision
 

@@ -38,7 +38,9 @@ class DataDependent(nn.Module):
         return self.fc(x)
 
 
-class Gated(nn.Module):
+class Unsupported(nn.Module):
+    """Two calls relprop has no rule for (sin, and a division by an input-dependent tensor)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(4, 4)
@@ -46,7 +48,7 @@ class Gated(nn.Module):
         self.out = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.a(x) * torch.sigmoid(self.b(x)))
+        return self.out(torch.sin(self.a(x)) / self.b(x))
 
 
 def test_unsupported_layer_names_path_type_and_fix() -> None:
@@ -70,9 +72,25 @@ def test_final_softmax_is_explained_in_the_error() -> None:
 
 def test_unsupported_function_names_the_call_and_the_source_line() -> None:
     with pytest.raises(UnsupportedLayerError) as info:
-        relprop.Explainer(Gated())
+        relprop.Explainer(Unsupported())
     msg = str(info.value)
-    assert "`mul`" in msg and "test_errors.py" in msg
+    # every unsupported step at once, each with the user's own source line
+    assert "2 steps without a relevance rule" in msg
+    assert "`sin`" in msg and "divides by a tensor" in msg and "test_errors.py" in msg
+    assert "torch.sin(self.a(x)) / self.b(x)" in msg
+
+
+def test_unsupported_steps_in_a_library_model_name_module_path_and_type() -> None:
+    class Block(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sin(x)
+
+    model = nn.Sequential(nn.Linear(4, 4), Block(), Block(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedLayerError) as info:
+        relprop.Explainer(model)
+    msg = str(info.value)
+    assert "`1`, `2` (Block)" in msg and "2 steps" in msg and "1 kind" in msg
+    assert "return torch.sin(x)" in msg  # the model's own line, not relprop's
 
 
 def test_untraceable_model_names_the_call_that_broke_tracing() -> None:

@@ -56,8 +56,8 @@ def reference_epsilon(model: nn.Sequential, x: torch.Tensor, target: int) -> tor
     for (kind, ms), a, z in zip(reversed(blocks), reversed(acts[:-1]), reversed(acts[1:])):
         if kind == "pass":
             continue
-        if kind == "bn":  # the composite gives stand-alone BatchNorm the Pass rule, as zennit does
-            continue
+        # a stand-alone BatchNorm is an affine map too: the epsilon composite gives it LRP-ε (Pass, zennit's
+        # choice, makes relevance explode with trained statistics: DenseNet's BatchNorm after a concatenation)
         a_req = a.detach().requires_grad_(True)
         with torch.enable_grad():
             h = a_req

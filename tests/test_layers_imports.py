@@ -16,7 +16,7 @@ PACKAGE = "relprop"
 
 #: low to high; a module may import its own layer and lower ones. The first matching prefix decides.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("relprop.errors", "relprop._io"),
+    ("relprop.errors", "relprop._io", "relprop.masks"),
     ("relprop.graph",),
     ("relprop.rules",),
     ("relprop.composites",),

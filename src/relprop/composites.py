@@ -22,7 +22,14 @@ preset                         first layer        Conv        Linear       add /
 ``gradient_x_input``           gradient times input
 ``isnet``                      z^B [0, 1]         ε = 0.01    ε = 0.01 (LRP-0 on the last layer)
 ``isnet_zplus``                z^B [0, 1]         z⁺          z⁺
+``attnlrp``                    --                 ε           ε            Norm; products uniform
+``cp_lrp``                     --                 ε           ε            Norm; gates take none
 =============================  =================  ==========  ===========  ==================
+
+Every preset but ``attnlrp`` treats a product of two tensors (``x * gate``, attention × v) with the signal
+taking all and the gate none (q·kᵀ, with no gate, split uniformly), softmax with AttnLRP's rule, and LayerNorm /
+GroupNorm / RMSNorm / functional and stand-alone batch norm as an affine map with fixed statistics under LRP-ε
+(LRP-0 in ``zero``; R-LRP's own rule in ``rlrp``; the true gradient in ``gradient``).
 
 A single :class:`~relprop.rules.Rule` can be given wherever a composite is expected: it is used for
 every Linear/Conv layer (Norm for additions and pooling, Pass for activations).
@@ -48,7 +55,9 @@ from .rules import (
     MultiplyInput,
     Norm,
     Pass,
+    Product,
     Rule,
+    Softmax,
     ZBox,
     Zero,
     ZPlus,
@@ -71,8 +80,14 @@ class Composite:
         last: rule for the last weighted layer (the classifier); ``first`` wins in a one-layer model.
         name_map: module path (glob patterns allowed, e.g. ``"features.*"``) to rule; wins over all.
         add, pool, activation, batchnorm: rules for additions, average pooling, activations and
-            stand-alone (unfoldable) BatchNorm layers.
+            stand-alone (unfoldable) BatchNorm modules (default LRP-ε: y = s ⊙ x + t is a linear layer whose
+            shift takes its share; passing R through unchanged can explode with trained statistics).
         maxpool: rule for max pooling (None: relevance goes to the winner of each window).
+        norm: rule for normalisation steps (LayerNorm, GroupNorm, RMSNorm, functional batch norm), which the
+            engine gives as an affine map with the forward pass's statistics (default: LRP-ε).
+        product: rule for products of two tensors (gating, squeeze-excitation, matmul, attention; default:
+            :class:`~relprop.rules.Product`, the signal takes all).
+        softmax: rule for softmax steps (default: :class:`~relprop.rules.Softmax`, AttnLRP's rule).
         input: rule for the explained input itself (e.g. :class:`~relprop.rules.MultiplyInput` for
             Gradient × Input); None: the relevance arriving there.
 
@@ -94,6 +109,9 @@ class Composite:
         activation: Rule | None = None,
         batchnorm: Rule | None = None,
         maxpool: Rule | None = None,
+        norm: Rule | None = None,
+        product: Rule | None = None,
+        softmax: Rule | None = None,
         input: Rule | None = None,
         name: str = "custom",
     ) -> None:
@@ -105,8 +123,11 @@ class Composite:
         self.add = add if add is not None else Norm()
         self.pool = pool if pool is not None else Norm()
         self.activation = activation if activation is not None else Pass()
-        self.batchnorm = batchnorm if batchnorm is not None else Pass()
+        self.batchnorm = batchnorm if batchnorm is not None else Epsilon()
         self.maxpool = maxpool
+        self.norm = norm if norm is not None else Epsilon()
+        self.product = product if product is not None else Product()
+        self.softmax = softmax if softmax is not None else Softmax()
         self.input = input
         self.name = name
 
@@ -121,7 +142,8 @@ class Composite:
                 return rule, f"name_map[{pattern!r}]"
         defaults: dict[str, Rule | None] = {
             "add": self.add, "avgpool": self.pool, "activation": self.activation, "pass": self.activation,
-            "maxpool": self.maxpool, "input": self.input,
+            "maxpool": self.maxpool, "input": self.input, "normalise": self.norm, "product": self.product,
+            "softmax": self.softmax,
         }  # fmt: skip
         if step.kind in defaults:
             default = defaults[step.kind]
@@ -150,20 +172,27 @@ class Composite:
         return f"Composite({self.name!r})"
 
 
-def _layer_composite(conv: Rule, dense: Rule, first: Rule | None, name: str, **kw: object) -> Composite:
+def _layer_composite(
+    conv: Rule, dense: Rule, first: Rule | None, name: str, *, first_types: tuple[type, ...] = WEIGHTED_TYPES,
+    stabilizer: float = 1e-6, epsilon: float = 1e-6,
+) -> Composite:  # fmt: skip
+    """The classical presets: ``conv`` on convolutions, ``dense`` on Linear layers (functional ``F.linear`` /
+    ``F.conv*`` calls included), ``first`` on the first layer; additions and pooling split in proportion (Norm with
+    ``stabilizer``), normalisation layers and stand-alone BatchNorm with LRP-ε (``epsilon``), products with the
+    signal taking all, softmax with AttnLRP's rule, activations passed."""
     return Composite(
-        [(CONV_TYPES, conv), (DENSE_TYPES, dense)],
-        first=first,
-        first_types=kw.pop("first_types", WEIGHTED_TYPES),  # type: ignore[arg-type]
-        add=Norm(kw.pop("stabilizer", 1e-6)),  # type: ignore[arg-type]
-        pool=Norm(1e-6),
+        [(CONV_TYPES, conv), (DENSE_TYPES, dense)], first=first, first_types=first_types, add=Norm(stabilizer),
+        pool=Norm(stabilizer), batchnorm=Epsilon(epsilon), norm=Epsilon(epsilon), product=Product("signal", stabilizer),
         name=name,
-    )
+    )  # fmt: skip
 
 
 def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """Flat on the first layer, z⁺ on convolutions, ε on dense layers."""
-    return _layer_composite(ZPlus(stabilizer), Epsilon(epsilon), Flat(stabilizer), "epsilon_plus_flat")
+    return _layer_composite(
+        ZPlus(stabilizer), Epsilon(epsilon), Flat(stabilizer), "epsilon_plus_flat", stabilizer=stabilizer,
+        epsilon=epsilon,
+    )
 
 
 def epsilon_gamma_box(
@@ -173,36 +202,43 @@ def epsilon_gamma_box(
     """z^B with input bounds [low, high] on the first convolution, γ on convolutions, ε on dense layers."""
     return _layer_composite(
         Gamma(gamma, stabilizer), Epsilon(epsilon), ZBox(low, high, stabilizer), "epsilon_gamma_box",
-        first_types=CONV_TYPES,
+        first_types=CONV_TYPES, stabilizer=stabilizer, epsilon=epsilon,
     )  # fmt: skip
 
 
 def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """z⁺ on convolutions, ε on dense layers."""
-    return _layer_composite(ZPlus(stabilizer), Epsilon(epsilon), None, "epsilon_plus")
+    return _layer_composite(
+        ZPlus(stabilizer), Epsilon(epsilon), None, "epsilon_plus", stabilizer=stabilizer, epsilon=epsilon
+    )
 
 
 def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """α=2, β=1 on convolutions, ε on dense layers."""
-    return _layer_composite(AlphaBeta(2, 1, stabilizer), Epsilon(epsilon), None, "epsilon_alpha2_beta1")
+    return _layer_composite(
+        AlphaBeta(2, 1, stabilizer), Epsilon(epsilon), None, "epsilon_alpha2_beta1", stabilizer=stabilizer,
+        epsilon=epsilon,
+    )
 
 
 def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """Flat on the first layer, α=2, β=1 on convolutions, ε on dense layers."""
     return _layer_composite(
-        AlphaBeta(2, 1, stabilizer), Epsilon(epsilon), Flat(stabilizer), "epsilon_alpha2_beta1_flat"
+        AlphaBeta(2, 1, stabilizer), Epsilon(epsilon), Flat(stabilizer), "epsilon_alpha2_beta1_flat",
+        stabilizer=stabilizer, epsilon=epsilon,
     )
 
 
 def epsilon(epsilon: float = 1e-6) -> Composite:
     """ε on every weighted layer."""
-    return _layer_composite(Epsilon(epsilon), Epsilon(epsilon), None, "epsilon")
+    return _layer_composite(Epsilon(epsilon), Epsilon(epsilon), None, "epsilon", epsilon=epsilon)
 
 
 def zero() -> Composite:
     """LRP-0 everywhere (additions and pooling split proportionally without a stabiliser)."""
     c = _layer_composite(Zero(), Zero(), None, "zero")
-    c.add = c.pool = Zero()
+    c.add = c.pool = c.batchnorm = c.norm = Zero()
+    c.product = Product("signal", 0.0)
     return c
 
 
@@ -212,7 +248,7 @@ def rlrp(pool: str = "winner", skip: str = "proportional") -> Composite:
     rule = RLRP(pool, skip)
     return Composite(
         [(WEIGHTED_TYPES + BATCHNORM_MODULES, rule)], add=rule, pool=rule, activation=rule, batchnorm=rule,
-        maxpool=rule, name="rlrp",
+        maxpool=rule, norm=rule, product=rule, softmax=rule, name="rlrp",
     )  # fmt: skip
 
 
@@ -220,8 +256,9 @@ def gradient() -> Composite:
     """The plain gradient of the target logit with respect to the input."""
     g = Gradient()
     return Composite(
-        [(WEIGHTED_TYPES + BATCHNORM_MODULES, g)], add=g, pool=g, activation=g, batchnorm=g, name="gradient"
-    )
+        [(WEIGHTED_TYPES + BATCHNORM_MODULES, g)], add=g, pool=g, activation=g, batchnorm=g, norm=g, product=g,
+        softmax=g, name="gradient",
+    )  # fmt: skip
 
 
 def gradient_x_input() -> Composite:
@@ -252,6 +289,26 @@ def isnet_zplus(low: float | Tensor = 0.0, high: float | Tensor = 1.0) -> Compos
     )
 
 
+def attnlrp(epsilon: float = 1e-6) -> Composite:
+    """AttnLRP (Achtibat et al. 2024) for transformers and modern CNNs: LRP-ε on every Linear/Conv layer, the
+    uniform rule on products (q·kᵀ, attention × v, gates), AttnLRP's softmax rule, LayerNorm with its standard
+    deviation held fixed (LRP-ε on the remaining affine map), activations (GELU, SiLU, ...) passed."""
+    eps = Epsilon(epsilon)
+    return Composite(
+        [(WEIGHTED_TYPES, eps)], add=Norm(epsilon), pool=Norm(epsilon), batchnorm=eps, norm=eps,
+        product=Product("uniform", epsilon), softmax=Softmax(), name="attnlrp",
+    )  # fmt: skip
+
+
+def cp_lrp(epsilon: float = 1e-6) -> Composite:
+    """CP-LRP (Ali et al. 2022): as :func:`attnlrp`, but no relevance flows through the attention weights (nor
+    through any gate): at attention × v and ``x * gate`` the signal takes all."""
+    c = attnlrp(epsilon)
+    c.product = Product("signal", epsilon)
+    c.name = "cp_lrp"
+    return c
+
+
 PRESETS: dict[str, Callable[[], Composite]] = {
     "epsilon_plus_flat": epsilon_plus_flat,
     "epsilon_gamma_box": epsilon_gamma_box,
@@ -265,6 +322,8 @@ PRESETS: dict[str, Callable[[], Composite]] = {
     "rlrp": rlrp,
     "isnet": isnet,
     "isnet_zplus": isnet_zplus,
+    "attnlrp": attnlrp,
+    "cp_lrp": cp_lrp,
 }
 
 

@@ -76,7 +76,8 @@ class Rule:
     rule's class or name.
 
     Hooks (one per step kind): ``linear`` (Linear/Conv/BatchNorm and average pooling), ``add``, ``activation``,
-    ``passthrough`` (elementwise y = c ⊙ x), ``maxpool``, ``input`` (the explained input itself).
+    ``passthrough`` (elementwise y = c ⊙ x), ``maxpool``, ``normalise`` (LayerNorm, GroupNorm, ...), ``product``
+    (a product of two tensors), ``softmax``, ``input`` (the explained input itself).
     """
 
     #: short name shown in summaries and error messages
@@ -115,6 +116,22 @@ class Rule:
 
     def activation(self, fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, R: Tensor) -> Tensor:
         raise NotImplementedError(f"rule {self!r} does not apply to activations")
+
+    def normalise(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
+        """Relevance at the input of a normalisation, given ``layer``: its affine map with the forward pass's
+        statistics (no weights: ``layer.weight`` is None). By default the rule's ``linear`` hook."""
+        return self.linear(layer, a, z, R)
+
+    def product(
+        self, xs: Sequence[Tensor], z: Tensor, R: Tensor, grad: Callable[[Tensor, int], Tensor], gate: int | None
+    ) -> list[Tensor | None]:
+        """Relevance of the two factors of a bilinear product z = f(a, b) (``a * b``, ``a @ b``, einsum), given
+        ``grad(s, k)`` = ∂⟨s, f⟩/∂x_k and the index of the gate factor (None: neither)."""
+        raise NotImplementedError(f"rule {self!r} does not apply to products of two tensors")
+
+    def softmax(self, x: Tensor, y: Tensor, R: Tensor, dim: int) -> Tensor:
+        """Relevance at the input x of y = softmax(x, dim)."""
+        raise NotImplementedError(f"rule {self!r} does not apply to softmax")
 
     def passthrough(self, x: Tensor, R: Tensor, vjp: Callable[[Tensor], Tensor]) -> Tensor:
         """Relevance at the input of an elementwise y = c ⊙ x (dropout, casts, scaling): R itself where the
@@ -161,8 +178,8 @@ class Epsilon(Rule):
     """
 
     name = "epsilon"
-    multiplies_input = _LINEAR | {"add"}
-    conserving = _LINEAR | {"add", "maxpool"}
+    multiplies_input = _LINEAR | {"add", "normalise"}
+    conserving = _LINEAR | {"add", "maxpool", "normalise"}
 
     def __init__(self, epsilon: float = 1e-6, ignore_bias: bool = False) -> None:
         if epsilon < 0:
@@ -432,16 +449,73 @@ class Flat(Rule):
         return layer.transpose(divide_stabilized(R, den, self.stabilizer), w1, a)
 
 
+def _finite_times(x: Tensor, t: Tensor) -> Tensor:
+    """x ⊙ t, with 0 where x is not finite (masked attention scores are −inf)."""
+    return torch.where(torch.isfinite(x), x, 0.0) * t
+
+
+class Product(Rule):
+    """Products of two tensors z = f(a, b), bilinear (gating ``x * g``, squeeze-excitation, ``matmul``, attention).
+
+    With s = R / stab(z) and the Taylor terms a ⊙ ∂⟨s, f⟩/∂a = b ⊙ ∂⟨s, f⟩/∂b (each sums to Σ z ⊙ s, f being
+    linear in each factor):
+
+    - ``mode="signal"`` (default): the signal takes all, the gate none: R_signal = x ⊙ ∂⟨s, f⟩/∂x, R_gate = 0
+      (for ``x * g``: R_x = R). The gate is a factor in [0, 1] (after a sigmoid or softmax) or a factor that
+      does not depend on the input; a product with no gate (q·kᵀ) is split uniformly. At attention × v this is
+      CP-LRP: no relevance flows through the attention weights.
+    - ``mode="uniform"``: AttnLRP's uniform rule for every product: R_k = ½ x_k ⊙ ∂⟨s, f⟩/∂x_k.
+
+    Both conserve Σ R_in = Σ R (up to the stabiliser).
+    """
+
+    name = "product"
+    multiplies_input = frozenset({"product"})
+    conserving = frozenset({"product", "maxpool"})
+
+    def __init__(self, mode: str = "signal", stabilizer: float = 1e-6) -> None:
+        if mode not in ("signal", "uniform"):
+            raise ValueError(f"Product(mode={mode!r}): mode must be 'signal' or 'uniform'")
+        self.mode = mode
+        self.stabilizer = float(stabilizer)
+
+    def product(
+        self, xs: Sequence[Tensor], z: Tensor, R: Tensor, grad: Callable[[Tensor, int], Tensor], gate: int | None
+    ) -> list[Tensor | None]:
+        s = safe_divide(R, z) if self.stabilizer == 0 else divide_stabilized(R, z, self.stabilizer)
+        if self.mode == "signal" and gate is not None:
+            signal = 1 - gate
+            out: list[Tensor | None] = [None, None]
+            out[signal] = xs[signal] * grad(s, signal)
+            return out
+        return [0.5 * x * grad(s, k) for k, x in enumerate(xs)]
+
+
+class Softmax(Rule):
+    """Softmax y = softmax(x) (AttnLRP, Achtibat et al. 2024): the Taylor term at x,
+    R_in = x ⊙ (R − y ⊙ Σ R) (sums over the softmax dimension). Not conserving: Σ R_in = Σ x ⊙ R − (Σ x ⊙ y) Σ R.
+    Masked positions (x = −inf, y = 0) get no relevance."""
+
+    name = "softmax"
+    multiplies_input = frozenset({"softmax"})
+
+    def softmax(self, x: Tensor, y: Tensor, R: Tensor, dim: int) -> Tensor:
+        return _finite_times(x, R - y * R.sum(dim, keepdim=True))
+
+
 class Pass(Rule):
     """Relevance crosses unchanged: R_in = R (elementwise steps)."""
 
     name = "pass"
-    passes_relevance = frozenset({"linear", "activation", "pass", "maxpool"})
+    passes_relevance = frozenset({"linear", "activation", "pass", "maxpool", "normalise", "softmax"})
     conserving = passes_relevance
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         if a.shape != R.shape:
             raise ValueError(f"Pass() cannot cross step '{layer.step.name}': it changes the shape")
+        return R
+
+    def softmax(self, x: Tensor, y: Tensor, R: Tensor, dim: int) -> Tensor:
         return R
 
     def activation(self, fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, R: Tensor) -> Tensor:
@@ -485,15 +559,28 @@ class RLRP(Rule):
         # the declarations follow the structural choices
         contribution = frozenset({"avgpool", "maxpool"}) if pool == "contribution" else frozenset()
         proportional = frozenset({"add"}) if skip == "proportional" else frozenset()
-        self.multiplies_input = frozenset({"linear"}) | contribution | proportional
+        self.multiplies_input = frozenset({"linear", "normalise", "product", "softmax"}) | contribution | proportional
         self.passes_relevance = frozenset({"activation", "pass"}) | (frozenset({"maxpool"}) - contribution)
         self.conserving = proportional
         self.rescales_branches = skip == "rescale_branches"
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
-        if layer.weight is None and self.pool == "winner":  # average pooling: spread R / n
+        if layer.step.kind == "avgpool" and self.pool == "winner":  # average pooling: spread R / n
             return layer.transpose(R, None, a)
         return _times(layer.transpose(R, layer.weight, a), a)
+
+    def product(
+        self, xs: Sequence[Tensor], z: Tensor, R: Tensor, grad: Callable[[Tensor, int], Tensor], gate: int | None
+    ) -> list[Tensor | None]:
+        """The gate acts as the weight: R_signal = x ⊙ ∂⟨R, f⟩/∂x (for ``x * g``: g ⊙ x ⊙ R); with no gate
+        each factor gets half, R_k = ½ x_k ⊙ ∂⟨R, f⟩/∂x_k (no division)."""
+        if gate is not None:
+            return [None if k == gate else x * grad(R, k) for k, x in enumerate(xs)]
+        return [0.5 * x * grad(R, k) for k, x in enumerate(xs)]
+
+    def softmax(self, x: Tensor, y: Tensor, R: Tensor, dim: int) -> Tensor:
+        """x ⊙ Jᵀ R = x ⊙ y ⊙ (R − Σ y R) (no division); masked positions (x = −inf) get 0."""
+        return _finite_times(x, y * (R - (y * R).sum(dim, keepdim=True)))
 
     def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
         if self.skip == "rescale_branches":  # both branches carry R; the engine rescales them at the fork
@@ -539,6 +626,14 @@ class Gradient(Rule):
     def passthrough(self, x: Tensor, R: Tensor, vjp: Callable[[Tensor], Tensor]) -> Tensor:
         return vjp(R)
 
+    def product(
+        self, xs: Sequence[Tensor], z: Tensor, R: Tensor, grad: Callable[[Tensor, int], Tensor], gate: int | None
+    ) -> list[Tensor | None]:
+        return [grad(R, k) for k in range(len(xs))]
+
+    def softmax(self, x: Tensor, y: Tensor, R: Tensor, dim: int) -> Tensor:
+        return y * (R - (y * R).sum(dim, keepdim=True))
+
 
 class MultiplyInput(Rule):
     """At the explained input: R_in = x ⊙ R (Gradient × Input when R is the gradient)."""
@@ -550,6 +645,7 @@ class MultiplyInput(Rule):
 
 
 __all__ = [
-    "Rule", "Epsilon", "Zero", "Norm", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "WSquare", "Flat", "Pass",
+    "Rule", "Epsilon", "Zero", "Norm", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "WSquare", "Flat", "Pass", "Product",
+    "Softmax",
     "Gradient", "MultiplyInput", "RLRP", "stabilize", "safe_divide",
 ]  # fmt: skip

@@ -100,7 +100,7 @@ class MaskedTensorDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         if images.ndim != 4 or images.dtype != torch.float32:
             raise InputError(f"images must be float32 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         n, _, h, w = images.shape
-        from ..isnet.loss import check_mask  # the one mask validator (values first: a uint8 0/255 mask is named)
+        from ..masks import check_mask  # the one mask validator (values first: a uint8 0/255 mask is named)
 
         if not isinstance(masks, Tensor) or masks.shape != (n, 1, h, w):
             got = f"{masks.dtype} {tuple(masks.shape)}" if isinstance(masks, Tensor) else type(masks).__name__

@@ -22,7 +22,7 @@ def background_share(relevance: Tensor, mask: Tensor) -> Tensor:
 
     ``relevance`` is (B, C, H, W); ``mask`` is (B, 1, H, W) or (B, H, W) of the same spatial size, bools or
     0/1 values (:func:`relprop.isnet.loss.check_mask`: a uint8 {0, 255} mask is an error)."""
-    from ..isnet.loss import check_mask
+    from ..masks import check_mask
 
     if not isinstance(relevance, Tensor) or relevance.dim() != 4:
         got = f"shape {tuple(relevance.shape)}" if isinstance(relevance, Tensor) else type(relevance).__name__

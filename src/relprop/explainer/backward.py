@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import Tensor
 
 from ..errors import RelpropError
 from ..graph import LinearMap, RelevanceGraph, Step
 from ..rules import Rule
 from .plan import Plan
-from .rescale import BranchShares, RelevanceStore, normalise
+from .rescale import BranchShares, RelevanceStore, batch_first, normalise
 
 Env = dict[Any, Any]
 Edges = list[tuple[Any, Any]]  # (input node, relevance arriving there)
@@ -101,6 +102,61 @@ def _maxpool(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edge
     return [(in_node, routed if rule is None else rule.maxpool(x, routed))]
 
 
+def _normalise(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
+    """LayerNorm / GroupNorm / RMSNorm / functional batch norm: ``rule.normalise(layer, x, y, R)`` on the affine map
+    with the forward pass's statistics (a gradient rule gets the true gradient, statistics included)."""
+    assert rule is not None
+    if rule.gradient:
+        return step.backprop(ctx.env, r, ctx.create_graph)
+    in_node = step.inputs[0].node
+    a, z = ctx.env[in_node], ctx.env[step.node]
+    try:
+        return [(in_node, rule.normalise(LinearMap(step, a, z, ctx.env), a, z, r))]
+    except NotImplementedError as exc:
+        raise RelpropError(f"step '{step.name}': {exc}") from exc
+
+
+def _product(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
+    """A product of two tensors f(a, b), bilinear: ``rule.product(factors, z, R, grad, gate)`` with
+    ``grad(s, k)`` = ∂⟨s, f⟩/∂x_k; relevance goes to the factors that depend on the input."""
+    assert rule is not None and step.bilinear is not None
+    env = ctx.env
+    xs = [env[o] if isinstance(o, fx.Node) else torch.as_tensor(o) for o in step.operands]
+    live = {i.node for i in step.inputs}
+    f = step.bilinear
+    z = env[step.node]
+
+    def grad(s: Tensor, k: int) -> Tensor:
+        """∂⟨s, f(a, b)⟩ / ∂x_k, written out for products and matrix products, else by autograd."""
+        a, b = xs
+        if f is torch.mul:  # elementwise: s ⊙ (the other factor), summed back over broadcast dimensions
+            return (s * (b if k == 0 else a)).sum_to_size(xs[k].shape)
+        if f in (torch.matmul, torch.bmm) and a.dim() >= 2 and b.dim() >= 2:
+            g = s.matmul(b.transpose(-1, -2)) if k == 0 else a.transpose(-1, -2).matmul(s)
+            return g.sum_to_size(xs[k].shape)
+        keep = torch.is_grad_enabled() and ctx.create_graph
+        with torch.enable_grad():
+            leaves = [x if (keep and x.requires_grad) else x.detach().requires_grad_(True) for x in xs]
+            (got,) = torch.autograd.grad(f(*leaves), leaves[k], s, create_graph=keep)
+        return got if keep else got.detach()
+
+    try:
+        outs = rule.product(xs, z, r, grad, step.gate)
+    except NotImplementedError as exc:
+        raise RelpropError(f"step '{step.name}': {exc}") from exc
+    return [(o, v) for o, v in zip(step.operands, outs) if o in live and v is not None]
+
+
+def _softmax(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> Edges:
+    """Softmax over ``step.dim``: ``rule.softmax(x, y, R, dim)``."""
+    assert rule is not None and step.dim is not None
+    in_node = step.inputs[0].node
+    try:
+        return [(in_node, rule.softmax(ctx.env[in_node], ctx.env[step.node], r, step.dim))]
+    except NotImplementedError as exc:
+        raise RelpropError(f"step '{step.name}': {exc}") from exc
+
+
 def _route(step: Step, rule: Rule | None, r: Any, ctx: PassContext) -> Edges:
     """Values moved without mixing: relevance follows the step's gradient."""
     return step.backprop(ctx.env, r, ctx.create_graph)
@@ -115,6 +171,9 @@ BACKWARD: dict[str, Callable[[Step, Rule | None, Any, PassContext], Edges]] = {
     "pass": _passthrough,
     "maxpool": _maxpool,
     "route": _route,
+    "normalise": _normalise,
+    "product": _product,
+    "softmax": _softmax,
 }
 
 
@@ -129,6 +188,7 @@ def relevance_pass(
     store = RelevanceStore()
     branches = BranchShares(plan) if plan.forks else None
     zero_scale = seed.new_zeros(seed.shape[0], dtype=torch.float64) if plan.rescale else None
+    uniform = plan.rescale and not batch_first(graph, env, seed.shape[0])
     store.push(graph.output.inputs[0], seed, zero_scale)
     by_node = graph.by_node
     result: tuple[Any, Tensor | None] | None = None
@@ -141,7 +201,7 @@ def relevance_pass(
         r, log_s = item
         if log_s is not None and isinstance(r, Tensor) and step.kind == "linear":
             # before each weighted layer (where the magnitude changes), when it has drifted far from 1
-            r, log_s = normalise(r, log_s, only_if_far=True)
+            r, log_s = normalise(r, log_s, only_if_far=True, uniform=uniform)
         if step.kind == "input":
             result = (r, log_s)
             break

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..graph import Step
+from ..graph import RelevanceGraph, Step
 from ..rules import safe_divide
 from .plan import Plan
 
@@ -21,19 +21,38 @@ _FAR = 2.0**16  # rescale when the per-sample max leaves [2⁻¹⁶, 2¹⁶]: fa
 
 
 def per_sample(v: Tensor, like: Tensor) -> Tensor:
-    """v (B,) shaped to broadcast against ``like`` (B, ...)."""
+    """v (B,) shaped to broadcast against ``like`` (B, ...); for a tensor whose first dimension is not the batch
+    (attention windows, sequence-first layouts) the scale is uniform over the batch (see :func:`normalise`) and
+    its first entry is used."""
+    if like.dim() == 0 or like.shape[0] != v.shape[0]:
+        return v[0].to(like.dtype)
     return v.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
-def normalise(r: Tensor, log_s: Tensor, only_if_far: bool = False) -> tuple[Tensor, Tensor]:
-    """Divide r by its per-sample max |r| (samples with r == 0 stay), adding the log to log_s.
+def normalise(r: Tensor, log_s: Tensor, only_if_far: bool = False, uniform: bool = False) -> tuple[Tensor, Tensor]:
+    """Divide r by its per-sample max |r| (samples with r == 0 stay), adding the log to log_s; ``uniform``: by
+    the max over the whole batch (for graphs with tensors whose first dimension is not the batch: there the
+    samples cannot be told apart, so every sample keeps the same scale).
     With ``only_if_far`` nothing is done while every max lies within [1/_FAR, _FAR] (saves a pass)."""
-    lo, hi = torch.aminmax(r.detach().flatten(1), dim=1)
-    m = torch.maximum(-lo, hi).to(log_s.dtype)
-    m = torch.where(m > 0, m, 1.0)
+    if uniform:
+        top = r.detach().abs().max().to(log_s.dtype)
+        m = torch.where(top > 0, top, 1.0).expand(log_s.shape)
+    else:
+        lo, hi = torch.aminmax(r.detach().flatten(1), dim=1)
+        m = torch.maximum(-lo, hi).to(log_s.dtype)
+        m = torch.where(m > 0, m, 1.0)
     if only_if_far and bool(((m <= _FAR) & (m >= 1 / _FAR)).all()):
         return r, log_s
     return r / per_sample(m.to(r.dtype), r), log_s + torch.log(m)
+
+
+def batch_first(graph: RelevanceGraph, env: dict[Any, Any], batch: int) -> bool:
+    """Whether every input-dependent tensor of this forward pass has the batch as its first dimension."""
+    for node in graph.live:
+        v = env.get(node)
+        if isinstance(v, Tensor) and (v.dim() == 0 or v.shape[0] != batch):
+            return False
+    return True
 
 
 def _accumulate(prev: Any, new: Any) -> Any:
@@ -48,8 +67,8 @@ def _accumulate_scaled(r1: Any, s1: Tensor, r2: Any, s2: Tensor) -> tuple[Any, T
     f1, f2 = torch.exp(s1 - s), torch.exp(s2 - s)
     if not isinstance(r1, Tensor):
         return tuple(
-            b * per_sample(f2, b) if a is None else a * per_sample(f1, a) if b is None else
-            a * per_sample(f1, a) + b * per_sample(f2, b)
+            None if a is None and b is None else b * per_sample(f2, b) if a is None else
+            a * per_sample(f1, a) if b is None else a * per_sample(f1, a) + b * per_sample(f2, b)
             for a, b in zip(r1, r2)
         ), s  # fmt: skip
     return r1 * per_sample(f1, r1) + r2 * per_sample(f2, r2), s

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .batchnorm import bn_affine
 from .kinds import BATCHNORM_MODULES
+from .norms import FixedNorm
 
 if TYPE_CHECKING:
     from .steps import Step
@@ -55,17 +56,28 @@ class LinearMap:
         #: the ``z`` given to the rule is never negative (the forward pass kept relu(z) in its place, which
         #: every rule may use where no relevance arrives at z < 0)
         self.output_nonneg = False
+        self._norm: FixedNorm | None = None
         if step.kind == "avgpool":
             self._pool_call = step.call
             self._env = env
             self._in_node = step.inputs[0].node
             self._version: tuple[Any, ...] | None = None
             return
+        if step.kind == "normalise":  # statistics fixed at this input: an affine map without weights to modify
+            assert step.norm is not None
+            self._norm = step.norm.fixed(env, a)
+            self._version = None
+            return
         assert module is not None
         bn = module if isinstance(module, BATCHNORM_MODULES) else step.batchnorm
         tensors = [t for m in (module, bn) if m is not None for t in (*m.parameters(), *m.buffers())]
         batch_stats = bn is not None and (bn.training or bn.running_mean is None)
         self._version = None if batch_stats else tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        if getattr(module, "stand_in", False):  # a functional layer: its weight is a parameter, or computed
+            own = [t for t in (_weight(module), _bias(module)) if t is not None]
+            params = all(isinstance(t, nn.Parameter) for t in own)
+            self._version = (*self._version, *((t.data_ptr(), t._version, t.dtype) for t in own)) \
+                if params and self._version is not None else None  # fmt: skip
         if isinstance(module, BATCHNORM_MODULES):
             stats = env.get((step.node, "stats"))
             self.weight, self.bias = self.modified("affine", lambda: bn_affine(module, a, stats))
@@ -105,6 +117,8 @@ class LinearMap:
     # z = W x + b
     def forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         m = self.module
+        if self._norm is not None:
+            return self._norm.forward(x)
         if self._pool_call is not None:
             env = dict(self._env)
             env[self._in_node] = x
@@ -141,6 +155,8 @@ class LinearMap:
     # Wᵀ s, shaped like the input ``like``
     def transpose(self, s: Tensor, weight: Tensor | None, like: Tensor) -> Tensor:
         m = self.module
+        if self._norm is not None:
+            return self._norm.transpose(s)
         if self._pool_call is not None:
             with torch.enable_grad():
                 x = like.detach().requires_grad_(True)
@@ -148,7 +164,7 @@ class LinearMap:
                 (g,) = torch.autograd.grad(z, x, s, create_graph=torch.is_grad_enabled() and s.requires_grad)
             if not s.requires_grad:
                 g = g.detach()
-            return g
+            return g if g.is_contiguous() else g.contiguous()  # (sums give expanded gradients; rules write in place)
         if isinstance(m, BATCHNORM_MODULES):
             assert weight is not None
             return s * weight.view((1, -1) + (1,) * (s.dim() - 2))

@@ -23,6 +23,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.pooling import _MaxPoolNd
 
 from ..errors import TracingError, UnsupportedLayerError
+from . import decompose
 from .batchnorm import batch_norm_with_stats
 from .kinds import (
     ACTIVATION_FUNCTIONS,
@@ -36,25 +37,32 @@ from .kinds import (
     DROPOUT_FUNCTIONS,
     DROPOUT_MODULES,
     INPLACE_METHODS,
+    LINEAR_FUNCTIONS,
     LINEAR_MODULES,
     MAXPOOL_FUNCTIONS,
     META_FUNCTIONS,
     META_METHODS,
     MOVES_VALUES,
     NO_FACTS,
+    NORM_FUNCTIONS,
+    NORM_MODULES,
     PASS_FUNCTIONS,
     PASS_METHODS,
     PASS_MODULES,
+    PRODUCT_FUNCTIONS,
+    PRODUCT_METHODS,
     ROUTE_FUNCTIONS,
     ROUTE_METHODS,
     ROUTE_MODULES,
-    SCALE_FUNCTIONS,
+    SOFTMAX_FUNCTIONS,
+    SOFTMAX_METHODS,
     SUB_FUNCTIONS,
     StepFacts,
     activation_facts,
     pass_facts,
 )
-from .tracer import _describe, _source_of, trace
+from .norms import NormSpec, function_norm, module_norm
+from .tracer import _describe, _source_of, module_of, trace
 
 Env = dict[Any, Any]
 #: a step's own vector-Jacobian product: (step, env, R, create_graph) -> [(input node, R_in)]
@@ -79,6 +87,7 @@ class Step:
         pre: for steps with a folded BatchNorm, the fx node of the Linear/Conv output.
         custom: a user module declared as a leaf (``leaf_modules``): nothing is known about it.
         facts: static facts of the operation (:class:`~relprop.graph.kinds.StepFacts`).
+        operands, bilinear, gate: for ``product`` steps (see below); dim: for ``softmax``; norm: for ``normalise``.
         vjp: the step's own vector-Jacobian product where re-evaluating it under autograd would be wrong
             (dropout redraws its mask, max pooling keeps its winners); None: autograd of ``call``.
     """
@@ -97,6 +106,15 @@ class Step:
     custom: bool = False
     facts: StepFacts = NO_FACTS
     vjp: VJP | None = field(default=None, repr=False)
+    #: ``product`` steps: the two factors (fx nodes, or constants), the bilinear map f(a, b) and which factor is the
+    #: gate (a value in [0, 1], or a factor that does not depend on the input), None when neither is
+    operands: tuple[Any, ...] = ()
+    bilinear: Callable[[Tensor, Tensor], Tensor] | None = field(default=None, repr=False)
+    gate: int | None = None
+    #: ``softmax`` steps: the dimension
+    dim: int | None = None
+    #: ``normalise`` steps: the normalisation and its arguments
+    norm: NormSpec | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         mod = f" {type(self.module).__name__}" if self.module is not None else ""
@@ -147,6 +165,7 @@ class RelevanceGraph:
                     f"leaf_modules[{cls.__name__}] = {kind!r}: the kind must be 'pass', 'route' or 'activation'"
                 )
         self.fx_graph = trace(model, tuple(self.leaf_modules))
+        _inline_namedtuples(self.fx_graph)
         self.steps: list[Step] = []
         self.by_node: dict[fx.Node, Step] = {}
         self.input: Step
@@ -155,7 +174,13 @@ class RelevanceGraph:
         self.nonneg: dict[Step, bool] = {}
         #: the steps that read each step's output
         self.users: dict[Step, list[Step]] = {}
-        self._build()
+        #: fx nodes whose value depends on the input (the others are constants: weights, masks, embeddings)
+        self.live: set[fx.Node] = set()
+        self._consts: dict[fx.Node, Any] = {}
+        try:
+            self._build()
+        finally:
+            self._consts.clear()
 
     @property
     def model(self) -> nn.Module:
@@ -180,10 +205,20 @@ class RelevanceGraph:
         self._check_inplace(users)
         folded: set[fx.Node] = set()
         seen_first = False
+        problems: list[tuple[str, str, str]] = []
         for node in self.fx_graph.nodes:
             if node in folded:
                 continue
-            step = self._classify(node, users, folded)
+            try:
+                step = self._classify(node, users, folded)
+            except UnsupportedLayerError as exc:  # collect every unsupported step, then report them together
+                problems.append((*_where(node), str(exc)))
+                step = Step(node, "route", str(node.target))
+            src = step.pre if step.pre is not None else node
+            if step.kind not in ("const", "meta") and (
+                step.kind == "input" or any(a in self.live for a in _nodes_in((src.args, src.kwargs)))
+            ):
+                self.live.update((src, step.node))
             if step.kind == "linear" and isinstance(step.module, LINEAR_MODULES) and not seen_first:
                 step.first = True
                 seen_first = True
@@ -192,6 +227,8 @@ class RelevanceGraph:
             self.by_node[step.node] = step
             if step.pre is not None:
                 self.by_node[step.pre] = step
+        if problems:
+            raise UnsupportedLayerError(_report(type(self.model).__name__, problems))
         weighted = [s for s in self.steps if s.kind == "linear" and isinstance(s.module, LINEAR_MODULES)]
         if weighted:
             weighted[-1].last = True
@@ -207,6 +244,8 @@ class RelevanceGraph:
                 s.vjp = _dropout_vjp
             elif s.kind == "route" and not s.custom:
                 s.vjp = _route_vjp(s)
+            elif s.kind == "product":
+                s.gate = _gate_of(s, self.by_node)
             for i in s.inputs:
                 self.users[i].append(s)
             if s.kind not in ("input",):
@@ -243,8 +282,7 @@ class RelevanceGraph:
             return []
         out = []
         for n in _nodes_in((node.args, node.kwargs)):
-            s = self.by_node.get(n)
-            if s is not None and s.kind not in ("const", "meta") and n not in out:
+            if n in self.live and n not in out:
                 out.append(n)
         return out
 
@@ -261,6 +299,9 @@ class RelevanceGraph:
         if op == "output":
             return Step(node, "output", "output", call=lambda env: env[node.args[0]])
         if op == "call_module":
+            if not any(a in self.live for a in _nodes_in((node.args, node.kwargs))):  # e.g. an MLP on a table
+                return Step(node, "const", str(node.target), call=_module_call(node, self.model.get_submodule(
+                    str(node.target))))  # fmt: skip
             return self._classify_module(node, users, folded)
         return self._classify_function(node)
 
@@ -303,6 +344,11 @@ class RelevanceGraph:
             return step
         if isinstance(module, BATCHNORM_MODULES):
             return Step(node, "linear", name, module, call=_batchnorm_call(node, module))
+        if isinstance(module, NORM_MODULES):
+            return Step(node, "normalise", name, module, call=_module_call(node, module), norm=module_norm(module))
+        if isinstance(module, nn.Softmax) and not self._feeds_output(node):
+            dim = module.dim if module.dim is not None else -1
+            return Step(node, "softmax", name, module, call=_module_call(node, module), dim=dim)
         if isinstance(module, AVGPOOL_MODULES):
             return Step(node, "avgpool", name, module, call=_module_call(node, module))
         if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) and not module.return_indices:
@@ -322,6 +368,8 @@ class RelevanceGraph:
         hint = ""
         if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
             hint = " LRP explains logits: explain the model without its final softmax."
+        elif isinstance(module, nn.MultiheadAttention):
+            hint = " (a MultiheadAttention declared in leaf_modules: remove it there, relprop writes it out)."
         raise UnsupportedLayerError(
             f"module '{name}' of type {type(module).__name__} has no relevance rule.{hint} If relevance should "
             f"cross it unchanged, pass leaf_modules={{{type(module).__name__}: 'pass'}} (or 'route' to follow "
@@ -352,78 +400,161 @@ class RelevanceGraph:
             target = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}[target]
         call = _function_call(node, target, is_method, kwargs)
         arg_nodes = _nodes_in((node.args, node.kwargs))
-        if not any(self._is_tensor(a) for a in arg_nodes) or (not is_method and target in META_FUNCTIONS):
-            return Step(node, "meta", name, call=call)  # sizes, shapes, constants
-        tensor_args = [a for a in node.args if isinstance(a, fx.Node) and self._is_tensor(a)]
-
-        if is_method:
-            if target in META_METHODS:
-                return Step(node, "meta", name, call=call)
-            if target in ACTIVATION_METHODS or target == "relu":
-                return Step(node, "activation", name, call=call)
-            if target in ROUTE_METHODS:
-                return Step(node, "route", name, call=call)
-            if target in AVGPOOL_METHODS:
-                return Step(node, "avgpool", name, call=call)
-            if target in PASS_METHODS:
-                return Step(node, "pass", name, call=call)
-            if target in ("add", "sub") and len(tensor_args) == 2:
-                sign = 1.0 if target == "add" else -1.0
-                if "alpha" in node.kwargs:
-                    raise UnsupportedLayerError(f"`{name}` with alpha{_source_of(node)} is not supported")
-                return Step(node, "add", name, call=call, signs=(1.0, sign))
-            if target in ("add", "sub", "mul", "div") and len(tensor_args) == 1:
-                return Step(node, "pass", name, call=call)
-        else:
-            if target in ACTIVATION_FUNCTIONS:
-                return Step(node, "activation", name, call=call)
-            if target in MAXPOOL_FUNCTIONS and not node.kwargs.get("return_indices") and len(node.args) < 7:
-                pool = MAXPOOL_FUNCTIONS[target]
-                return Step(
-                    node, "maxpool", name, call=_function_call(node, pool, False, {**kwargs, "return_indices": True})
+        if (is_method and target in META_METHODS) or (not is_method and target in META_FUNCTIONS):
+            return Step(node, "meta", name, call=call)  # sizes, shapes, dtypes
+        live = [a for a in arg_nodes if a in self.live]
+        if not live:
+            return Step(node, "const", name, call=call)  # computed from parameters and constants only
+        # tensors that carry relevance (live) and constant tensors (parameters, masks) among the arguments
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and (a in self.live or self._is_tensor(a))]
+        n_live = sum(1 for a in node.args if isinstance(a, fx.Node) and a in self.live)
+        key = ("method" if is_method else "function", target)
+        maxpool = not is_method and target in MAXPOOL_FUNCTIONS
+        if maxpool and not node.kwargs.get("return_indices") and len(node.args) < 7:
+            pool = MAXPOOL_FUNCTIONS[target]
+            return Step(
+                node, "maxpool", name, call=_function_call(node, pool, False, {**kwargs, "return_indices": True})
+            )
+        if key in _SIMPLE:
+            return Step(node, _SIMPLE[key], name, call=call)
+        if (is_method and target in SOFTMAX_METHODS) or (not is_method and target in SOFTMAX_FUNCTIONS):
+            if self._feeds_output(node):
+                raise UnsupportedLayerError(
+                    f"`{name}` is applied to the model's output{_source_of(node)}; LRP explains logits: explain "
+                    "the model without its final softmax"
                 )
-            if target in ROUTE_FUNCTIONS:
-                return Step(node, "route", name, call=call)
-            if target in AVGPOOL_FUNCTIONS:
-                return Step(node, "avgpool", name, call=call)
-            if target in PASS_FUNCTIONS:
-                return Step(node, "pass", name, call=call)
-            if target in ADD_FUNCTIONS | SUB_FUNCTIONS:
-                if len(tensor_args) == 2:
-                    if "alpha" in node.kwargs:
-                        raise UnsupportedLayerError(f"`{name}` with alpha{_source_of(node)} is not supported")
-                    return Step(node, "add", name, call=call, signs=(1.0, -1.0 if target in SUB_FUNCTIONS else 1.0))
-                if len(tensor_args) == 1:
-                    return Step(node, "pass", name, call=call)
-                return Step(node, "meta", name, call=call)
-            if target in SCALE_FUNCTIONS and len(tensor_args) <= 1:
-                if (
-                    len(tensor_args) == 1
-                    and target in (operator.truediv, torch.div)
-                    and node.args[0] is not tensor_args[0]
-                ):
-                    raise UnsupportedLayerError(
-                        f"`{name}` divides a constant by a tensor{_source_of(node)}; relprop has no rule for it"
-                    )
-                return Step(node, "pass" if tensor_args else "meta", name, call=call)
-            if not tensor_args and not any(isinstance(a, fx.Node) for a in node.args):
-                return Step(node, "meta", name, call=call)
-            if all(not self._is_tensor(a) for a in node.args if isinstance(a, fx.Node)) and tensor_args == []:
-                return Step(node, "meta", name, call=call)
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            if not isinstance(dim, int):
+                raise UnsupportedLayerError(f"`{name}` without an integer dim{_source_of(node)} is not supported")
+            return Step(node, "softmax", name, call=call, dim=dim)
+        if not is_method and target in NORM_FUNCTIONS:
+            spec, x = function_norm(cast(Callable[..., Any], target), node.args, dict(node.kwargs))
+            if n_live != 1 or x not in self.live:
+                raise UnsupportedLayerError(f"`{name}` whose statistics or weights depend on the input")
+            return Step(node, "normalise", name, call=call, norm=spec)
+        if not is_method and target in LINEAR_FUNCTIONS:
+            return self._functional_layer(node, target, name, call)
+        if target in ("add", "sub", *ADD_FUNCTIONS, *SUB_FUNCTIONS):
+            subtract = target == "sub" or target in SUB_FUNCTIONS
+            if "alpha" in node.kwargs:
+                raise UnsupportedLayerError(f"`{name}` with alpha{_source_of(node)} is not supported")
+            if len(tensors) == 2:
+                return Step(node, "add", name, call=call, signs=(1.0, -1.0 if subtract else 1.0))
+            return Step(node, "pass", name, call=call)  # x ± a number
+        if (is_method and target in PRODUCT_METHODS) or (not is_method and target in PRODUCT_FUNCTIONS):
+            return self._product(node, target, name, call, n_live)
+        if target in ("div", "truediv", operator.truediv, torch.div):
+            if node.args and node.args[0] in self.live and n_live == 1:
+                return Step(node, "pass", name, call=call)  # x / c
+            raise UnsupportedLayerError(
+                f"`{name}` divides by a tensor that depends on the input{_source_of(node)}; relprop has no rule "
+                "for it"
+            )
+        if not is_method and target in _TRAINING_IDENTITIES:  # e.g. stochastic depth in training mode
+            return Step(node, "pass", name, call=call)
         raise UnsupportedLayerError(
-            f"the call `{name}`{_source_of(node)} has no relevance rule. relprop supports Linear/Conv layers, "
-            "BatchNorm, pooling, elementwise activations, x + y, torch.cat and reshaping. Move the computation "
-            "into a submodule and pass leaf_modules={YourModule: 'pass'|'route'|'activation'}, or rewrite it "
-            "with supported operations."
+            f"the call `{name}`{_source_of(node)} has no relevance rule. Move the computation into a submodule "
+            "and pass leaf_modules={YourModule: 'pass'|'route'|'activation'}, or rewrite it with supported "
+            "operations (Linear/Conv, normalisation, pooling, elementwise activations, x + y, products, "
+            "softmax, torch.cat and reshaping)"
         )
+
+    def _feeds_output(self, node: fx.Node) -> bool:
+        """Whether ``node``'s value reaches the model's output through routing steps only."""
+        todo, seen = [node], set()
+        while todo:
+            n = todo.pop()
+            for u in n.users:
+                if u.op == "output":
+                    return True
+                if u not in seen and u.op == "call_function" and u.target is operator.getitem:
+                    seen.add(u)
+                    todo.append(u)
+        return False
+
+    def _product(self, node: fx.Node, target: Any, name: str, call: Callable[[Env], Any], n_live: int) -> Step:
+        """x * y, x @ y, bmm, two-operand einsum: a product step (or, for ``mul`` by a constant, a ``pass``)."""
+        if target in ("mul", "mul_", operator.mul, torch.mul):
+            operands = tuple(node.args[:2])
+            if n_live == 1:
+                return Step(node, "pass", name, call=call)  # x times a number or a constant tensor (layer scale)
+            return Step(node, "product", name, call=call, operands=operands, bilinear=torch.mul)
+        if target is torch.einsum:
+            eq = node.args[0]
+            ops = node.args[1:] if len(node.args) > 2 else node.args[1]
+            if not isinstance(eq, str) or not isinstance(ops, (list, tuple)) or len(ops) != 2:
+                raise UnsupportedLayerError(
+                    f"`einsum` with other than two operands{_source_of(node)} is not supported; write it as "
+                    "products of two tensors"
+                )
+
+            def contract(a: Tensor, b: Tensor, _eq: str = eq) -> Tensor:
+                return torch.einsum(_eq, a, b)
+
+            return Step(node, "product", name, call=call, operands=tuple(ops), bilinear=contract)
+        fn = torch.bmm if target in ("bmm", torch.bmm) else torch.matmul
+        return Step(node, "product", name, call=call, operands=tuple(node.args[:2]), bilinear=fn)
+
+    def _functional_layer(self, node: fx.Node, target: Any, name: str, call: Callable[[Env], Any]) -> Step:
+        """``F.linear`` / ``F.conv*`` with a weight that does not depend on the input: a linear step on a stand-in
+        module that holds the call's weight and bias (refreshed by every forward pass; the model is not touched)."""
+        names = ("input", "weight", "bias") if target is F.linear else _CONV_ARGS
+        bound = dict(zip(names, node.args)) | dict(node.kwargs)
+        x, w, b = bound.get("input"), bound.get("weight"), bound.get("bias")
+        if x not in self.live or w in self.live or b in self.live:
+            raise UnsupportedLayerError(
+                f"`{name}` whose weight depends on the input{_source_of(node)}: relprop has no rule for it"
+            )
+        layer: nn.Module
+        if target is F.linear:
+            layer = _stand_in(nn.Linear, in_features=0, out_features=0)
+        else:
+            nd = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}[target]
+
+            def tup(v: Any) -> Any:
+                return v if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple)) else (int(v),) * nd
+
+            cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
+            layer = _stand_in(
+                cls, stride=tup(bound.get("stride", 1)), padding=tup(bound.get("padding", 0)),
+                dilation=tup(bound.get("dilation", 1)), groups=int(cast(int, bound.get("groups", 1))), transposed=False,
+                output_padding=(0,) * nd, padding_mode="zeros", kernel_size=(0,) * nd, in_channels=0, out_channels=0,
+            )  # fmt: skip
+        try:  # the weight's shape, so that the stand-in describes the layer before the first forward pass
+            _refresh(layer, cast(Tensor, self._const_value(w) if isinstance(w, fx.Node) else w), None)
+        except Exception:  # noqa: BLE001 - a weight that needs the input's shape: known after the forward pass
+            pass
+        owner = module_of(node)
+        label = f"{owner[0]}.{name}" if owner and owner[0] else name
+
+        def forward(env: Env, _x: Any = x, _w: Any = w, _b: Any = b, _layer: nn.Module = layer) -> Any:
+            weight = env[_w] if isinstance(_w, fx.Node) else _w
+            bias = env[_b] if isinstance(_b, fx.Node) else _b
+            _refresh(_layer, weight, bias)
+            return call(env)
+
+        return Step(node, "linear", label, layer, call=forward)
 
     def _is_tensor(self, n: fx.Node) -> bool:
+        """Whether node ``n`` holds a tensor: live nodes do; constants are evaluated once to see."""
+        if n in self.live:
+            return True
         s = self.by_node.get(n)
-        return (
-            s is not None
-            and s.kind not in ("meta",)
-            and not (s.kind == "const" and not isinstance(s.call and s.call({}), Tensor))
-        )
+        if s is None or s.kind == "meta":
+            return False
+        try:
+            return isinstance(self._const_value(n), Tensor)
+        except Exception:  # noqa: BLE001 - a constant that needs the input's shape: most likely a tensor
+            return True
+
+    def _const_value(self, n: fx.Node) -> Any:
+        if n not in self._consts:
+            step = self.by_node[n]
+            env = {a: self._const_value(a) for a in _nodes_in((n.args, n.kwargs))}
+            assert step.call is not None
+            with torch.no_grad():
+                self._consts[n] = step.call(env)
+        return self._consts[n]
 
     # -- helpers for users of the graph ----------------------------------------------------------
     @property
@@ -512,7 +643,10 @@ def _facts_of(step: Step) -> StepFacts:
         if step.module is not None:
             scaling = isinstance(step.module, (*DROPOUT_MODULES, nn.Identity))
             return StepFacts(keeps_nonneg=True, zero_at_zero=True) if scaling else NO_FACTS
-        return pass_facts(step.name, [a for a in step.node.args if not isinstance(a, fx.Node)])
+        live = {i.node for i in step.inputs}
+        return pass_facts(step.name, [None if isinstance(a, fx.Node) else a for a in step.node.args if a not in live])
+    if step.kind == "softmax":
+        return StepFacts(nonneg=True, gate=True)
     return NO_FACTS
 
 
@@ -526,7 +660,8 @@ def dropout_p(step: Step) -> float:
     """Drop probability of a dropout step, 0 when it is inactive (eval mode)."""
     if step.module is not None:
         return float(step.module.p) if step.module.training else 0.0  # type: ignore[arg-type]
-    args = dict(zip(("input", "p", "training", "inplace"), step.node.args))
+    names = ("input", "p", "mode", "training") if step.name == "stochastic_depth" else ("input", "p", "training")
+    args = dict(zip(names, step.node.args))
     args.update(step.node.kwargs)
     return float(args.get("p", 0.5)) if args.get("training", True) else 0.0  # type: ignore[arg-type]
 
@@ -613,7 +748,7 @@ def autograd_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple
         assert step.call is not None
         out = step.call(local)
         outs, grads = _pair_outputs(out, r)
-        if not outs:
+        if not outs or not leaves:  # computed from constants only: no relevance flows back
             return []
         got = torch.autograd.grad(outs, leaves, grads, allow_unused=True, create_graph=create_graph)
     result: list[tuple[Any, Any]] = []
@@ -640,4 +775,105 @@ def _pair_outputs(out: Any, r: Any) -> tuple[list[Tensor], list[Tensor]]:
     return outs, grads
 
 
+def _inline_namedtuples(graph: fx.Graph) -> None:
+    """A NamedTuple built from tensors (torchvision's GoogLeNetOutputs) becomes a literal in its users' arguments,
+    as fx keeps plain tuples."""
+    for node in list(graph.nodes):
+        t = node.target
+        if node.op == "call_function" and isinstance(t, type) and issubclass(t, tuple) and hasattr(t, "_fields"):
+            literal = t(*node.args, **node.kwargs)
+
+            def swap(n: fx.Node, _l: Any = literal, _n: fx.Node = node) -> Any:
+                return _l if n is _n else n
+
+            for user in list(node.users):
+                user.args = cast(tuple[Any, ...], fx.node.map_arg(user.args, swap))
+                user.kwargs = cast(dict[str, Any], fx.node.map_arg(user.kwargs, swap))
+            graph.erase_node(node)
+
+
+def _simple_kinds() -> dict[tuple[str, Any], str]:
+    table: dict[tuple[str, Any], str] = {}
+    for kind, methods, functions in (
+        ("activation", ACTIVATION_METHODS | {"relu"}, ACTIVATION_FUNCTIONS),
+        ("route", ROUTE_METHODS | {"masked_fill"}, (ROUTE_FUNCTIONS - set(MAXPOOL_FUNCTIONS)) | {torch.masked_fill}),
+        ("avgpool", AVGPOOL_METHODS | {"sum"}, AVGPOOL_FUNCTIONS | {torch.sum}),
+        ("pass", PASS_METHODS, PASS_FUNCTIONS),
+    ):
+        table.update({("method", m): kind for m in methods})
+        table.update({("function", f): kind for f in functions})
+    return table
+
+
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+#: functions and methods whose step kind follows from the call alone
+_SIMPLE = _simple_kinds()
+_TRAINING_IDENTITIES = decompose.TRAINING_IDENTITIES
+
+
+def _where(node: fx.Node) -> tuple[str, str]:
+    owner = module_of(node)
+    return owner if owner and owner[0] else ("", "")
+
+
+def _report(model: str, problems: list[tuple[str, str, str]]) -> str:
+    """One message for every unsupported step ((module path, module type, problem)), identical problems of the
+    same module type grouped."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for path, kind, what in problems:
+        groups.setdefault((kind, what), []).append(path)
+    lines = []
+    for (kind, what), paths in groups.items():
+        named = [q for q in paths if q]
+        head = ", ".join(f"`{q}`" for q in named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+        lines.append(f"  - {head} ({kind}): {what}" if head else f"  - {what}")
+    n = len(problems)
+    return (
+        f"{model} has {n} step{'s' if n != 1 else ''} without a relevance rule ({len(groups)} kind"
+        f"{'s' if len(groups) != 1 else ''}):\n" + "\n".join(lines) + "\nHow to proceed: rewrite these operations "
+        "with supported ones, or declare the enclosing module's class in leaf_modules={Cls: 'pass'|'route'|"
+        "'activation'} if relevance should cross it as one step."
+    )
+
+
+def _gate_of(step: Step, by_node: dict[fx.Node, Step]) -> int | None:
+    """Which factor of a product is the gate: a constant factor, else the only factor that comes (through
+    routing) from a step with values in [0, 1] (sigmoid, softmax)."""
+    live = {i.node for i in step.inputs}
+    gates = []
+    for k, op in enumerate(step.operands):
+        if op not in live:
+            return k
+        src = by_node[op]
+        while src.kind in ("route", "pass") and len(src.inputs) == 1:
+            src = src.inputs[0]
+        if src.facts.gate:
+            gates.append(k)
+    return gates[0] if len(gates) == 1 else None
+
+
+def _stand_in(cls: type[nn.Module], **attrs: Any) -> nn.Module:
+    """An instance of ``cls`` without parameters of its own (for functional layers): the rules see a Linear or
+    Conv module; its weight and bias are set by every forward pass."""
+    m = cls.__new__(cls)
+    nn.Module.__init__(m)
+    for k, v in {**attrs, "weight": None, "bias": None, "stand_in": True}.items():
+        object.__setattr__(m, k, v)
+    return m
+
+
+def _refresh(m: nn.Module, weight: Tensor, bias: Tensor | None) -> None:
+    object.__setattr__(m, "weight", weight)
+    object.__setattr__(m, "bias", bias)
+    if isinstance(m, nn.Linear):
+        object.__setattr__(m, "in_features", weight.shape[-1])
+        object.__setattr__(m, "out_features", weight.shape[0])
+    else:
+        groups = cast(int, getattr(m, "groups", 1))
+        object.__setattr__(m, "in_channels", weight.shape[1] * groups)
+        object.__setattr__(m, "out_channels", weight.shape[0])
+        object.__setattr__(m, "kernel_size", tuple(weight.shape[2:]))
+
+
 __all__ = ["RelevanceGraph", "Step", "autograd_vjp", "dropout_p"]
+
