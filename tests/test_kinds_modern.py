@@ -409,3 +409,41 @@ class _Bound(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.m(x)
+
+
+# --- routes, resampling and affine maps written out ------------------------------------------------------
+
+
+class Routes(nn.Module):
+    """permute, transpose, roll, basic indexing, unbind, nearest/bilinear upsampling and addcmul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.alpha, self.beta = nn.Parameter(torch.randn(4, 1, 1)), nn.Parameter(torch.randn(4, 1, 1))
+        self.fc = nn.LazyLinear(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))  # (B, 4, 4, 4)
+        h = torch.addcmul(self.beta, self.alpha, self.up(h))  # (B, 4, 8, 8)
+        h = h.permute(0, 2, 3, 1).transpose(1, 2)
+        h = torch.roll(h, shifts=(1, -2), dims=(1, 2))
+        a, b = h[:, :4].unbind(1)[:2]
+        h = F.interpolate(torch.cat([a, b], 1).permute(0, 2, 1), scale_factor=2, mode="nearest")
+        return self.fc(h[..., ::2, :].flatten(1))
+
+
+def test_routes_follow_the_gradient_and_affine_maps_conserve() -> None:
+    torch.manual_seed(11)
+    m = Routes().double()
+    x = torch.randn(2, 2, 4, 4, dtype=DT)
+    m(x)  # (initialises the lazy layer)
+    g = relprop.explain(m, x, 1, "gradient")
+    xg = x.clone().requires_grad_(True)
+    m(xg)[:, 1].sum().backward()
+    torch.testing.assert_close(g, xg.grad)  # every route's and resampling's vector-Jacobian product is exact
+    kinds = {s.kind for s in relprop.Explainer(m, "zero").graph.steps}
+    assert {"avgpool", "normalise", "route"} <= kinds
+    e = relprop.Explainer(m, "zero").explain(x, 1)
+    assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0

@@ -23,9 +23,8 @@ from .graph import LinearMap
 
 
 def stabilize(x: Tensor, epsilon: float) -> Tensor:
-    """x + ε·sign(x), with sign(0) = +1."""
-    e = x.new_full((), epsilon)
-    return x + torch.where(x >= 0, e, -e)
+    """x + ε·sign(x), with sign(0) = +1 (sign(−0.0) = −1: either way never 0)."""
+    return x + torch.copysign(x.new_full((), epsilon).expand_as(x), x)  # (a third of the cost of torch.where)
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -60,8 +59,7 @@ def divide_stabilized(R: Tensor, den: Tensor, epsilon: float, sign: int = 0, tem
     elif sign < 0:
         d = (den.clamp_max_(0) if temporary else den.clamp_max(0)).sub_(epsilon)
     else:
-        e = den.new_full((), epsilon)
-        d = torch.where(den >= 0, e, -e).add_(den)
+        d = torch.copysign(den.new_full((), epsilon).expand_as(den), den).add_(den)
     return torch.div(R, d, out=d) if d.shape == R.shape else R / d
 
 
@@ -259,9 +257,52 @@ class ZPlus(_PosNeg):
             s = divide_stabilized(R, layer.forward(a, wp, bp), self.stabilizer, +2, temporary=True)
             return _times(layer.transpose(s, wp, a), a)
         ap, an = a.clamp(min=0), a.clamp(max=0)
+        both = _stacked(layer, ap, an, wp, wn)
+        if both is not None:  # one forward and one transpose of the layer with [W⁺, W⁻] on [a⁺, a⁻]
+            x2, w2, groups = both
+            s = divide_stabilized(R, layer.forward(x2, w2, bp), self.stabilizer, +2, True)
+            gp, gn = _unstack(layer.transpose(s, w2, x2), a, groups)
+            return ap * gp + an * gn
         # W⁺a⁺ + W⁻a⁻ + b⁺ >= 0 everywhere
         s = divide_stabilized(R, layer.forward(ap, wp, bp) + layer.forward(an, wn, None), self.stabilizer, +2, True)
         return ap * layer.transpose(s, wp, a) + an * layer.transpose(s, wn, a)
+
+
+def _stacked(
+    layer: LinearMap, ap: Tensor, an: Tensor, wp: Tensor, wn: Tensor
+) -> tuple[Tensor, Tensor, int | None] | None:  # fmt: skip
+    """[a⁺, a⁻] and [W⁺, W⁻] stacked along the input channels (per group), so that W⁺a⁺ + W⁻a⁻ is one product
+    of the layer (one kernel instead of two, likewise for the transpose); with the number of groups (None for
+    Linear). None where the layer is not a Linear or a (non-transposed) convolution."""
+    m = layer.module
+    if layer.out_scale is not None:
+        return None
+    if isinstance(m, torch.nn.Linear):
+        return torch.cat((ap, an), -1), layer.modified("posneg_stacked", lambda: torch.cat((wp, wn), 1)), None
+    if isinstance(m, torch.nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1:
+        # (grouped and depthwise convolutions with twice the channels per group leave torch's fast kernels)
+        g = m.groups
+        b, c = ap.shape[:2]
+        rest = ap.shape[2:]
+        x2 = torch.stack((ap.view(b, g, c // g, *rest), an.view(b, g, c // g, *rest)), 2).view(b, 2 * c, *rest)
+
+        def weights() -> Tensor:
+            o, ci = wp.shape[:2]
+            per = (g, o // g, 1, ci, *wp.shape[2:])
+            return torch.cat((wp.reshape(per), wn.reshape(per)), 2).reshape(o, 2 * ci, *wp.shape[2:])
+
+        return x2, layer.modified("posneg_stacked", weights), g
+    return None
+
+
+def _unstack(g2: Tensor, like: Tensor, groups: int | None) -> tuple[Tensor, Tensor]:
+    """The halves for a⁺ and a⁻ of a transposed product with the stacked weights (see :func:`_stacked`)."""
+    if groups is None:
+        n = like.shape[-1]
+        return g2[..., :n], g2[..., n:]
+    b, c = like.shape[:2]
+    h = g2.view(b, groups, 2, c // groups, *like.shape[2:])
+    return h[:, :, 0].reshape(like.shape), h[:, :, 1].reshape(like.shape)
 
 
 class AlphaBeta(_PosNeg):

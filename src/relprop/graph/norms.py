@@ -31,6 +31,7 @@ _PARAMS = {
     "batch_norm": ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
     "instance_norm": ("running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps"),
     "normalize": ("p", "dim", "eps"),
+    "affine": ("scale", "shift"),
 }
 _DEFAULTS: dict[str, Any] = {
     "weight": None, "bias": None, "eps": 1e-5, "running_mean": None, "running_var": None, "training": False,
@@ -89,6 +90,8 @@ def fixed_norm(name: str, x0: Tensor, p: dict[str, Any]) -> FixedNorm:
     eps = p.get("eps")
     eps = 1e-5 if eps is None else float(eps)
     w, b = p.get("weight"), p.get("bias")
+    if name == "affine":  # y = shift + scale ⊙ x (torch.addcmul with constant shift and scale)
+        return FixedNorm(p["scale"] * p.get("value", 1), p.get("shift"), (), None, None, None)
     if name == "normalize":  # y = x / max(‖x‖_p, eps), the norm fixed
         norm = x0.detach().norm(float(p.get("p", 2.0)), dim=int(p.get("dim", 1)), keepdim=True)
         return FixedNorm(1.0 / norm.clamp_min(float(p.get("eps") or 1e-12)), None, (), None, None, None)

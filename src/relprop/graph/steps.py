@@ -349,7 +349,9 @@ class RelevanceGraph:
         if isinstance(module, nn.Softmax) and not self._feeds_output(node):
             dim = module.dim if module.dim is not None else -1
             return Step(node, "softmax", name, module, call=_module_call(node, module), dim=dim)
-        if isinstance(module, AVGPOOL_MODULES):
+        if isinstance(module, AVGPOOL_MODULES) or (
+            isinstance(module, nn.Upsample) and module.mode in _LINEAR_RESAMPLING
+        ):  # parameter-free linear maps with non-negative weights
             return Step(node, "avgpool", name, module, call=_module_call(node, module))
         if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) and not module.return_indices:
             return Step(node, "maxpool", name, module, call=_maxpool_module_call(node, module))
@@ -434,6 +436,22 @@ class RelevanceGraph:
             return Step(node, "normalise", name, call=call, norm=spec)
         if not is_method and target in LINEAR_FUNCTIONS:
             return self._functional_layer(node, target, name, call)
+        if not is_method and target in (F.interpolate, F.upsample):
+            mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest")
+            if mode not in _LINEAR_RESAMPLING:
+                raise UnsupportedLayerError(
+                    f"`{name}` with mode={mode!r}{_source_of(node)}: its weights can be negative; use 'bilinear'"
+                )
+            return Step(node, "avgpool", name, call=call)
+        if not is_method and target is torch.addcmul:  # shift + value · t1 ⊙ t2, one factor input-dependent
+            args = dict(zip(("input", "tensor1", "tensor2"), node.args)) | dict(node.kwargs)
+            factors = [args.get("tensor1"), args.get("tensor2")]
+            if args.get("input") in self.live or sum(f in self.live for f in factors) != 1:
+                raise UnsupportedLayerError(f"`addcmul` with other than one input-dependent factor{_source_of(node)}")
+            other = factors[1] if factors[0] in self.live else factors[0]
+            value = args.get("value", 1)
+            spec = NormSpec("affine", {"scale": other, "shift": args.get("input"), "value": value})
+            return Step(node, "normalise", name, call=call, norm=spec)
         if target in ("add", "sub", *ADD_FUNCTIONS, *SUB_FUNCTIONS):
             subtract = target == "sub" or target in SUB_FUNCTIONS
             if "alpha" in node.kwargs:
@@ -704,7 +722,66 @@ def _route_vjp(step: Step) -> VJP | None:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if isinstance(parts, (list, tuple)) and all(isinstance(p, fx.Node) for p in parts) and isinstance(dim, int):
             return _cat_vjp(list(parts), dim)
+    if node.kwargs or len(step.inputs) != 1 or node.args[:1] != (step.inputs[0].node,):
+        return None
+    target = node.target
+    if target in ("permute", torch.permute):
+        return _permute_vjp
+    if target in ("transpose", "swapaxes", "swapdims", torch.transpose, torch.swapaxes, torch.swapdims):
+        return _transpose_vjp
+    if target in ("roll", torch.roll):
+        return _roll_vjp
+    if target is operator.getitem:
+        return _getitem_vjp
     return None
+
+
+def _args(step: Step, env: Env) -> tuple[Any, ...]:
+    """The step's arguments after the input, with fx nodes (sizes, shifts) replaced by their values."""
+    return tuple(fx.node.map_arg(step.node.args[1:], lambda n: env[n]))
+
+
+def _permute_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+    args = _args(step, env)
+    dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
+    nd = len(dims)
+    inverse = [0] * nd
+    for i, d in enumerate(dims):
+        inverse[d % nd] = i
+    return [(step.inputs[0].node, r.permute(inverse))]
+
+
+def _transpose_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+    d0, d1 = _args(step, env)
+    return [(step.inputs[0].node, r.transpose(d0, d1))]
+
+
+def _roll_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+    args = _args(step, env)
+    shifts, dims = args[0], args[1] if len(args) > 1 else None
+    back = tuple(-int(v) for v in shifts) if isinstance(shifts, (list, tuple)) else -int(shifts)
+    return [(step.inputs[0].node, r.roll(back, dims) if dims is not None else r.roll(back))]
+
+
+def _basic_index(idx: Any) -> bool:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
+
+
+def _getitem_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
+    """An item of a tuple (unbind, chunk) gets R in its slot; basic indexing of a tensor scatters R back."""
+    in_node = step.inputs[0].node
+    x = env[in_node]
+    (idx,) = _args(step, env)
+    if isinstance(x, (tuple, list)) and isinstance(idx, int):
+        slots: list[Any] = [None] * len(x)
+        slots[idx] = r
+        return [(in_node, tuple(slots))]
+    if isinstance(x, Tensor) and _basic_index(idx):
+        out = r.new_zeros(x.shape)
+        out[idx] = r
+        return [(in_node, out)]
+    return autograd_vjp(step, env, r, create_graph)
 
 
 def _reshape_vjp(step: Step, env: Env, r: Any, create_graph: bool) -> list[tuple[Any, Any]]:
@@ -805,6 +882,8 @@ def _simple_kinds() -> dict[tuple[str, Any], str]:
     return table
 
 
+#: resampling modes whose weights are non-negative (bicubic's are not)
+_LINEAR_RESAMPLING = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area")
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 #: functions and methods whose step kind follows from the call alone
 _SIMPLE = _simple_kinds()
