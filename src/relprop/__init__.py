@@ -21,7 +21,9 @@ from .rules import (
     MultiplyInput,
     Norm,
     Pass,
+    Product,
     Rule,
+    Softmax,
     WSquare,
     ZBox,
     Zero,
@@ -32,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlphaBeta", "Composite", "Epsilon", "Explainer", "Explanation", "Flat", "ForwardPass", "Gamma", "Gradient",
-    "InputError", "MultiplyInput", "Norm", "PRESETS", "Pass", "RLRP", "RelevanceGraph", "RelpropError", "Rule",
-    "TargetError", "TracingError", "UnsupportedLayerError", "WSquare", "ZBox", "ZPlus", "Zero", "composites",
-    "explain", "rules",
+    "InputError", "MultiplyInput", "Norm", "PRESETS", "Pass", "Product", "RLRP", "RelevanceGraph", "RelpropError",
+    "Rule", "Softmax", "TargetError", "TracingError", "UnsupportedLayerError", "WSquare", "ZBox", "ZPlus", "Zero",
+    "composites", "explain", "rules",
 ]  # fmt: skip
