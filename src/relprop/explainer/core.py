@@ -13,7 +13,9 @@ One forward feeds many passes: :meth:`Explainer.forward` returns a :class:`Forwa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, cast
@@ -28,6 +30,7 @@ from ..errors import InputError, ModelOutputError, RelpropError, WrappedModelErr
 from ..graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
 from ..graph.batchnorm import running_stats_kept
 from ..graph.linear_map import modified_cache
+from ..graph.tracer import SizeDependentTracingError
 from ..rules import Rule
 from .backward import relevance_pass
 from .plan import Plan, make_plan
@@ -38,6 +41,8 @@ CompositeLike = str | Composite | Rule
 #: which returned tensor holds the logits: a tuple index, a dict key / NamedTuple field, or a callable picking one
 OutputSelector = int | str | Callable[[Any], Any]
 _MAX_PLANS = 16
+#: traces kept per input shape, for a model whose forward branches on input sizes
+_MAX_SHAPES = 4
 
 
 @dataclass
@@ -93,6 +98,11 @@ class Explainer:
             returned tuple (``0``), a key of a returned dict or a field of a returned NamedTuple
             (``"logits"``), or a callable on the returned structure that picks one entry
             (``lambda out: out["logits"]``). The other entries are computed but not explained.
+        input_shape: for a model whose forward branches in Python on input sizes (``if H % 2:``, timm's
+            dynamic "same" padding, MobileViT's patch resizing), which ``torch.fx`` cannot trace for every
+            shape: the input shape (B, C, H, W) to trace it for now. Without it such a model is traced at the
+            first call, for that input's shape; an input of another shape is traced again (a few traces are
+            kept, one per shape). Models without such branches are traced once for every shape and ignore it.
 
     Example::
 
@@ -118,30 +128,52 @@ class Explainer:
         leaf_modules: Mapping[type, str] | None = None,
         rescale: bool | None = None,
         output: OutputSelector | None = None,
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self._model: nn.Module | None = model  # None when held only weakly (the functional cache)
+        self._model_ref = weakref.ref(model)
         self._leaf_modules = dict(leaf_modules or {})
         self._rescale = rescale
         self._output = output
         self.composite = resolve(composite)
-        self._trace = _Trace(model, self._leaf_modules, self.composite, rescale, output)
+        #: traces specialised to one input shape (the model branches on sizes), newest last
+        self._by_shape: OrderedDict[tuple[int, ...], _Trace] = OrderedDict()
+        #: why the model cannot be traced for every shape (None: it can, or it was not tried yet)
+        self._size_dependent: SizeDependentTracingError | None = None
+        self._structure = model_structure(model)
+        #: the trace last used: the one trace of the model, or the last shape-specialised one (None before the
+        #: first call of a model traced per shape)
+        self._trace: _Trace | None = self._plain_trace(model)
+        if self._trace is None and input_shape is not None:
+            self._trace = self._trace_for(model, _example(model, tuple(int(d) for d in input_shape)))
 
     @property
     def model(self) -> nn.Module:
-        return self._model if self._model is not None else self.graph.model
+        if self._model is not None:
+            return self._model
+        model = self._model_ref()
+        if model is None:
+            raise RuntimeError("the model of this explainer has been deleted")
+        return model
 
     @property
     def graph(self) -> RelevanceGraph:
         """The relevance graph of the model as it was last traced (again when its training flags, submodules
-        or hooks changed: see :func:`model_structure`)."""
-        return self._trace.graph
+        or hooks changed: see :func:`model_structure`; for a model traced per input shape, the last shape's)."""
+        return self._traced().graph
+
+    @property
+    def specialised_to(self) -> tuple[int, ...] | None:
+        """The input shape :attr:`graph` is traced for, where the model's forward branches on input sizes
+        (another shape is traced again at its call); None when the graph holds for every input shape."""
+        return self._traced().graph.specialised_to
 
     @property
     def plan(self) -> Plan:
         """The default composite's plan on :attr:`graph`."""
-        return self._trace.plan
+        return self._traced().plan
 
     @property
     def rules(self) -> dict[Step, Rule]:
@@ -150,23 +182,63 @@ class Explainer:
 
     def plan_for(self, composite: CompositeLike | None) -> Plan:
         """The default composite's plan (None), or another composite's, resolved on this graph once."""
-        return self._trace.plan_for(composite)
+        return self._traced().plan_for(composite)
 
-    def _current(self) -> _Trace:
+    def _plain_trace(self, model: nn.Module) -> _Trace | None:
+        """The trace for every input shape, or None where the forward branches on input sizes."""
+        try:
+            return _Trace(model, self._leaf_modules, self.composite, self._rescale, self._output)
+        except SizeDependentTracingError as exc:
+            self._size_dependent = exc
+            return None
+
+    def _trace_for(self, model: nn.Module, x: Tensor) -> _Trace:
+        """The trace specialised to ``x``'s shape (cached per shape)."""
+        shape = tuple(x.shape)
+        hit = self._by_shape.get(shape)
+        if hit is None:
+            hit = _Trace(model, self._leaf_modules, self.composite, self._rescale, self._output, example_input=x)
+            self._by_shape[shape] = hit
+            while len(self._by_shape) > _MAX_SHAPES:
+                self._by_shape.popitem(last=False)
+        self._by_shape.move_to_end(shape)
+        return hit
+
+    def _current(self, x: Tensor | None = None) -> _Trace | None:
         """The trace of the model as it is now: traced again when a training flag, a submodule or a hook changed
         since (``F.dropout(x, p, self.training)`` and ``if self.training:`` are fixed when fx traces, and the
-        graph calls the submodules it found)."""
+        graph calls the submodules it found). For a model whose forward branches on input sizes, the trace for
+        ``x``'s shape (without ``x``: the last one used, None before any)."""
         model = self.model
-        if model_structure(model) != self._trace.structure:
-            self._trace = _Trace(model, self._leaf_modules, self.composite, self._rescale, self._output)
+        structure = model_structure(model)
+        if structure != self._structure:
+            self._structure = structure
+            self._by_shape.clear()
+            self._size_dependent = None
+            self._trace = self._plain_trace(model)
+        if x is not None and self._size_dependent is not None:
+            self._trace = self._trace_for(model, x)
         return self._trace
+
+    def _traced(self) -> _Trace:
+        """The current trace; for a model traced per input shape before its first call, an error saying so."""
+        trace = self._current()
+        if trace is None:
+            assert self._size_dependent is not None
+            raise SizeDependentTracingError(
+                f"{type(self.model).__name__} has no graph yet: {_deferred(self._size_dependent)}; call "
+                "explain(x) / forward(x) first, or pass Explainer(..., input_shape=x.shape)"
+            )
+        return trace
 
     # -- public ----------------------------------------------------------------------------------
     def clear_cache(self) -> None:
         """Forget cached modified weights (needed only after edits through ``param.data``)."""
-        for step in self.graph.steps:
-            if step.module is not None:
-                modified_cache(step.module).clear()
+        traces = {id(t): t for t in (self._trace, *self._by_shape.values()) if t is not None}
+        for trace in traces.values():
+            for step in trace.graph.steps:
+                if step.module is not None:
+                    modified_cache(step.module).clear()
 
     def __call__(self, x: Tensor, target: Target = "predicted", *, create_graph: bool = False) -> Tensor:
         """Relevance of ``x`` for ``target``, shaped like ``x``."""
@@ -216,13 +288,29 @@ class Explainer:
     def summary(self, composite: CompositeLike | None = None) -> str:
         """A table of the steps: kind, module, the rule each got and why, and what the engine knows there."""
         trace = self._current()
-        return summary(trace.graph, trace.plan_for(composite))
+        if trace is None:
+            assert self._size_dependent is not None
+            return (
+                f"{type(self.model).__name__}: the graph is traced at the first call, for that input's shape "
+                f"({_deferred(self._size_dependent)}); call explain(x) first, or pass "
+                "Explainer(..., input_shape=x.shape), to see its steps"
+            )
+        text = summary(trace.graph, trace.plan_for(composite))
+        shape = trace.graph.specialised_to
+        if shape is not None:
+            text += (
+                f"\nTraced for input shape {shape} (the forward branches on input sizes); "
+                "an input of another shape is traced again."
+            )
+        return text
 
     # -- forward ---------------------------------------------------------------------------------
     def _ready(self, x: Tensor) -> _Trace:
         """The current trace, once ``x`` and the model's output are known to be explainable."""
-        trace = self._current()
-        self._check_input(trace.graph, x)
+        self._check_tensor(x)
+        trace = self._current(x)
+        assert trace is not None  # (traced for x's shape where the model needs one)
+        self._check_first_layer(trace.graph, x)
         if not trace.reaches_input:
             raise ModelOutputError(
                 f"no relevance reaches the input: the output of {type(self.model).__name__} does not depend on "
@@ -231,7 +319,7 @@ class Explainer:
             )
         return trace
 
-    def _check_input(self, graph: RelevanceGraph, x: Tensor) -> None:
+    def _check_tensor(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise InputError(f"input must be a torch.Tensor, not {type(x).__name__}")
         if x.device.type == "meta":
@@ -255,6 +343,8 @@ class Explainer:
                 f"input contains {n_nan} NaN and {n_inf} Inf values (first at index {where}); "
                 "relevance of non-finite inputs is undefined"
             )
+
+    def _check_first_layer(self, graph: RelevanceGraph, x: Tensor) -> None:
         first = next((s for s in graph.steps if s.kind == "linear"), None)
         if first is None or first.inputs[:1] != [graph.input]:
             return
@@ -346,7 +436,7 @@ class ForwardPass:
         create_graph: bool, trace: _Trace | None = None,
     ) -> None:  # fmt: skip
         self.explainer = explainer
-        self._trace = trace if trace is not None else explainer._trace  # the graph this forward pass ran
+        self._trace = trace if trace is not None else explainer._traced()  # the graph this forward pass ran
         self.x = x
         self.logits = logits
         self.create_graph = create_graph
@@ -399,11 +489,11 @@ class _Trace:
 
     def __init__(
         self, model: nn.Module, leaf_modules: Mapping[type, str], composite: Composite, rescale: bool | None,
-        output: OutputSelector | None = None,
+        output: OutputSelector | None = None, example_input: Tensor | None = None,
     ) -> None:  # fmt: skip
         _check_not_wrapped(model)
         self.structure = model_structure(model)
-        self.graph = RelevanceGraph(model, leaf_modules)
+        self.graph = RelevanceGraph(model, leaf_modules, example_input=example_input)
         _select_output(self.graph, model, output)
         self.rescale = rescale
         self.plans: dict[Any, Plan] = {}
@@ -422,6 +512,20 @@ class _Trace:
             hit.source = composite
             self.plans[key] = hit
         return hit
+
+
+def _deferred(exc: SizeDependentTracingError) -> str:
+    """Where the forward needs an input size, from the tracing error."""
+    where = exc.where if exc.where and exc.where != "unknown location" else ""
+    return f"its forward branches on input sizes at {where}" if where else "its forward branches on input sizes"
+
+
+def _example(model: nn.Module, shape: tuple[int, ...]) -> Tensor:
+    """An (uninitialised) input of ``shape`` on the model's device and of its dtype: tracing reads only its shape."""
+    param = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    if param is None:
+        return torch.empty(shape)
+    return torch.empty(shape, dtype=param.dtype, device=param.device)
 
 
 def _reaches_input(graph: RelevanceGraph) -> bool:

@@ -4,6 +4,8 @@ Explainers are cached per model (held weakly: the cache never keeps a model aliv
 leaf modules, rescale). A cached explainer is used only while the model's structure is unchanged: the same
 submodules, the same training flags and the same hooks (the trace depends on them); otherwise the model is
 traced again. Modified weights are invalidated by parameter versions, as in :class:`~relprop.Explainer`.
+A model whose forward branches on input sizes is traced per input shape: its cached explainer keeps the traces
+of the last few shapes (see ``Explainer(..., input_shape=)``).
 """
 
 from __future__ import annotations

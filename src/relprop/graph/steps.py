@@ -156,7 +156,9 @@ class RelevanceGraph:
             (``"pass"``, ``"route"`` or ``"activation"``) instead of being traced through.
     """
 
-    def __init__(self, model: nn.Module, leaf_modules: Mapping[type, str] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, leaf_modules: Mapping[type, str] | None = None, example_input: Tensor | None = None
+    ) -> None:
         self._model = weakref.ref(model)
         self.leaf_modules = dict(leaf_modules or {})
         for cls, kind in self.leaf_modules.items():
@@ -164,7 +166,9 @@ class RelevanceGraph:
                 raise ValueError(
                     f"leaf_modules[{cls.__name__}] = {kind!r}: the kind must be 'pass', 'route' or 'activation'"
                 )
-        self.fx_graph = trace(model, tuple(self.leaf_modules))
+        #: the input shape the graph holds for (its forward branched on sizes of that shape), None: every shape
+        self.specialised_to: tuple[int, ...] | None
+        self.fx_graph, self.specialised_to = trace(model, tuple(self.leaf_modules), example_input)
         _inline_namedtuples(self.fx_graph)
         self.steps: list[Step] = []
         self.by_node: dict[fx.Node, Step] = {}
