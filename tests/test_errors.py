@@ -18,9 +18,11 @@ def small_cnn() -> nn.Module:
 
 
 class WithUpsample(nn.Module):
+    """A module relprop has no rule for (bicubic upsampling: its weights can be negative)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Upsample(scale_factor=2))
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Upsample(scale_factor=2, mode="bicubic"))
         self.head = nn.Linear(2 * 12 * 12, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,3 +194,32 @@ def test_reflect_padding_is_refused_with_a_fix() -> None:
     model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), nn.Flatten())
     with pytest.raises(UnsupportedLayerError, match="padding_mode='reflect'.*F.pad"):
         relprop.Explainer(model)
+
+
+def test_hooks_are_honoured_or_refused_never_ignored() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)).eval()
+    x = torch.rand(2, 1, 6, 6)
+    seen: list[str] = []
+    handles = [
+        model[0].register_forward_hook(lambda m, i, o: seen.append("conv")),  # folded with its BatchNorm
+        model[2].register_forward_hook(lambda m, i, o: seen.append("relu")),  # run out of place by relprop
+        model[2].register_forward_pre_hook(lambda m, i: seen.append("relu-pre")),
+    ]
+    relprop.explain(model, x)
+    assert seen == ["conv", "relu-pre", "relu"]  # observing hooks run with the real values
+    changing = model[2].register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(UnsupportedLayerError, match="returns a value"):
+        relprop.explain(model, x)
+    changing.remove()
+    observer = model.register_forward_pre_hook(lambda m, i: seen.append("model-pre"))
+    relprop.explain(model, x)
+    assert seen[-1] == "relu" and "model-pre" in seen  # the model's own hooks run too (tracing skips them)
+    root = model.register_forward_hook(lambda m, i, o: o + 1)
+    with pytest.raises(UnsupportedLayerError, match="returns a value"):
+        relprop.Explainer(model).explain(x)
+    root.remove()
+    observer.remove()
+    for h in handles:
+        h.remove()
+    relprop.explain(model, x)  # following the hint (removing the hooks) works

@@ -447,3 +447,33 @@ def test_routes_follow_the_gradient_and_affine_maps_conserve() -> None:
     assert {"avgpool", "normalise", "route"} <= kinds
     e = relprop.Explainer(m, "zero").explain(x, 1)
     assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0
+
+
+@pytest.mark.parametrize("groups", [1, 3, 6])
+def test_zplus_on_signed_inputs_matches_the_formula_for_dense_grouped_and_depthwise_convs(groups: int) -> None:
+    """z⁺ computes W⁺a⁺ + W⁻a⁻ in one stacked product (dense and depthwise convolutions): check the formula."""
+    torch.manual_seed(12)
+    conv = nn.Conv2d(6, 6, 3, padding=1, groups=groups, bias=True).double()
+    m = nn.Sequential(nn.Conv2d(2, 6, 1), nn.Tanh(), conv, nn.Flatten(), nn.Linear(6 * 16, 2)).double()
+    x = torch.randn(2, 2, 4, 4, dtype=DT)
+    comp = Composite([(nn.Conv2d, relprop.ZPlus(1e-9)), (nn.Linear, Zero())])
+    comp.first = None
+    ex = relprop.Explainer(m, comp)
+    e = ex.explain(x, 0)
+    # reference: LRP-0 at the classifier, then z⁺ at `conv` from its formula, then z⁺ at the first conv
+    a = torch.tanh(m[0](x))
+    r_out = torch.zeros(2, 2, dtype=DT)
+    r_out[:, 0] = m(x)[:, 0]
+    r_c = lrp0_linear(conv(a).flatten(1), m[4].weight, m[4].bias, r_out).view(2, 6, 4, 4)
+
+    def zplus(layer: nn.Conv2d, inp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        wp, wn = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
+        ap, an = inp.clamp(min=0).requires_grad_(True), inp.clamp(max=0).requires_grad_(True)
+        kw = {"padding": layer.padding, "groups": layer.groups}
+        z = F.conv2d(ap, wp, layer.bias.clamp(min=0), **kw) + F.conv2d(an, wn, None, **kw)
+        gp, gn = torch.autograd.grad(z, (ap, an), r / (z + 1e-9))
+        return ap.detach() * gp + an.detach() * gn
+
+    r_a = zplus(conv, a.detach(), r_c.detach())
+    ref = zplus(m[0], x, r_a)
+    torch.testing.assert_close(e.relevance, ref.detach(), rtol=1e-8, atol=1e-12)

@@ -16,6 +16,7 @@ import torch.fx as fx
 from ..composites import Composite
 from ..errors import UnsupportedLayerError
 from ..graph import RelevanceGraph, Step
+from ..graph.steps import has_hooks
 from ..rules import Rule
 
 
@@ -90,8 +91,10 @@ def make_plan(graph: RelevanceGraph, composite: Composite, rescale: bool | None 
     plan.seed = first.seed if first is not None else "logit"
     plan.rescale = any(r.rescaled for r in rules.values()) if rescale is None else bool(rescale)
     plan.exact_forward = frozenset(
-        s for s, r in rules.items() if s.kind == "linear" and s.batchnorm is not None and not r.folded_forward
-    )
+        s for s, r in rules.items()
+        if s.kind == "linear" and s.batchnorm is not None
+        and (not r.folded_forward or has_hooks(s.module) or has_hooks(s.batchnorm))  # (hooks run on the modules)
+    )  # fmt: skip
     return plan
 
 

@@ -170,6 +170,8 @@ class RelevanceGraph:
         self.specialised_to: tuple[int, ...] | None
         self.fx_graph, self.specialised_to = trace(model, tuple(self.leaf_modules), example_input)
         _inline_namedtuples(self.fx_graph)
+        if model._forward_hooks or model._forward_pre_hooks:
+            _run_root_hooks(self.fx_graph, model)
         self.steps: list[Step] = []
         self.by_node: dict[fx.Node, Step] = {}
         self.input: Step
@@ -368,7 +370,10 @@ class RelevanceGraph:
                 arg = node.args[0]
 
                 def act(env: dict[fx.Node, Any], _f=fn, _m=module, _a=arg) -> Any:
-                    return _f(_m, env[_a])
+                    if not has_hooks(_m):
+                        return _f(_m, env[_a])
+                    x = call_pre_hooks(_m, env[_a])  # the activation runs out of place; its hooks still run
+                    return call_forward_hooks(_m, x, _f(_m, x))
 
                 return Step(node, "activation", name, module, call=act)
         hint = ""
@@ -406,6 +411,8 @@ class RelevanceGraph:
             target = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}[target]
         call = _function_call(node, target, is_method, kwargs)
         arg_nodes = _nodes_in((node.args, node.kwargs))
+        if isinstance(getattr(target, "__self__", None), _RootHooks):
+            return Step(node, "pass", f"model {name}-hooks", call=call)  # the model's own hooks: values unchanged
         if (is_method and target in META_METHODS) or (not is_method and target in META_FUNCTIONS):
             return Step(node, "meta", name, call=call)  # sizes, shapes, dtypes
         live = [a for a in arg_nodes if a in self.live]
@@ -856,6 +863,97 @@ def _pair_outputs(out: Any, r: Any) -> tuple[list[Tensor], list[Tensor]]:
     return outs, grads
 
 
+def has_hooks(m: nn.Module | None) -> bool:
+    """Whether forward hooks or pre-hooks run when ``m`` is called (its own, or global ones)."""
+    if m is None:
+        return False
+    from torch.nn.modules import module as _module
+
+    return bool(
+        m._forward_hooks or m._forward_pre_hooks or _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+    )  # fmt: skip
+
+
+def _hooks(m: nn.Module, pre: bool) -> list[Any]:
+    from torch.nn.modules import module as _module
+
+    if pre:
+        return [*_module._global_forward_pre_hooks.values(), *m._forward_pre_hooks.values()]
+    return [*_module._global_forward_hooks.values(), *m._forward_hooks.values()]
+
+
+def _refuse_change(m: nn.Module, hook: Any) -> UnsupportedLayerError:
+    name = getattr(hook, "__name__", type(hook).__name__)
+    return UnsupportedLayerError(
+        f"the forward hook {name!r} on a {type(m).__name__} returns a value, so it changes the layer's output; "
+        "relprop runs this layer itself (out of place, or folded with its BatchNorm) and cannot apply a changed "
+        "value consistently to the relevance rules. Remove the hook while explaining, or make it return None "
+        "(hooks that only observe are called with the real values)"
+    )
+
+
+def call_pre_hooks(m: nn.Module, x: Tensor) -> Tensor:
+    """Run ``m``'s forward pre-hooks on (x,); a hook that returns a value (changes the input) is refused."""
+    for hook in _hooks(m, True):
+        if hook(m, (x,)) is not None:
+            raise _refuse_change(m, hook)
+    return x
+
+
+def call_forward_hooks(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Run ``m``'s forward hooks on (x,) and y; a hook that returns a value (changes the output) is refused."""
+    for hook in _hooks(m, False):
+        if hook(m, (x,), y) is not None:
+            raise _refuse_change(m, hook)
+    return y
+
+
+class _RootHooks:
+    """The model's own forward hooks, which tracing its forward skips: run as two ``pass`` steps, one after the
+    input (pre-hooks) and one before the output (forward hooks); a hook that returns a value is refused."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = weakref.ref(model)
+        self.x: Tensor | None = None
+
+    def pre(self, x: Tensor) -> Tensor:
+        m = self.model()
+        self.x = x
+        if m is not None:
+            for hook in m._forward_pre_hooks.values():
+                if hook(m, (x,)) is not None:
+                    raise _refuse_change(m, hook)
+        return x
+
+    def post(self, y: Tensor) -> Tensor:
+        m, x = self.model(), self.x
+        self.x = None
+        if m is not None:
+            for hook in m._forward_hooks.values():
+                if hook(m, (x,), y) is not None:
+                    raise _refuse_change(m, hook)
+        return y
+
+
+def _run_root_hooks(graph: fx.Graph, model: nn.Module) -> None:
+    hooks = _RootHooks(model)
+    inputs = [n for n in graph.nodes if n.op == "placeholder" and not n.args]
+    output = next(n for n in graph.nodes if n.op == "output")
+    if len(inputs) != 1 or not isinstance(output.args[0], fx.Node):
+        raise UnsupportedLayerError(
+            f"{type(model).__name__} has forward hooks on itself and does not map one tensor to one tensor; "
+            "remove the hooks while explaining (handle.remove())"
+        )
+    (x,) = inputs
+    with graph.inserting_after(x):
+        pre = graph.call_function(hooks.pre, (x,))
+    x.replace_all_uses_with(pre, delete_user_cb=lambda u: u is not pre)
+    with graph.inserting_before(output):
+        post = graph.call_function(hooks.post, (output.args[0],))
+    output.args = (post,)
+
+
 def _inline_namedtuples(graph: fx.Graph) -> None:
     """A NamedTuple built from tensors (torchvision's GoogLeNetOutputs) becomes a literal in its users' arguments,
     as fx keeps plain tuples."""
@@ -958,5 +1056,5 @@ def _refresh(m: nn.Module, weight: Tensor, bias: Tensor | None) -> None:
         object.__setattr__(m, "kernel_size", tuple(weight.shape[2:]))
 
 
-__all__ = ["RelevanceGraph", "Step", "autograd_vjp", "dropout_p"]
+__all__ = ["RelevanceGraph", "Step", "autograd_vjp", "dropout_p", "has_hooks"]
 
