@@ -120,7 +120,8 @@ def select(specs: list[ModelSpec], patterns: Sequence[str]) -> list[ModelSpec]:
 
 # -- model preparation and checks ------------------------------------------------------------------------------
 def trained_like(model: Any, seed: int = 1) -> None:
-    """Random trained-like normalisation statistics and affine parameters (fixed seed)."""
+    """Random trained-like normalisation statistics and affine parameters, and random weights where the
+    initialisation is all zero (fixed seed)."""
     import torch
     import torch.nn as nn
 
@@ -146,6 +147,10 @@ def trained_like(model: Any, seed: int = 1) -> None:
         elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
             fill(getattr(m, "weight", None), "uniform", 0.5, 1.5)
             fill(getattr(m, "bias", None), "normal", 0.0, 0.1)
+    # weights initialised to zero (torchvision's and timm's ViT heads): logits 0 would make every relevance 0
+    for p in model.parameters():
+        if p.dim() >= 2 and not bool(p.detach().any()):
+            fill(p, "normal", 0.0, 0.02)
 
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
