@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -23,25 +25,10 @@ import torchvision
 
 import relprop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_architectures import trained_like  # noqa: E402  (the benchmarks' one trained-like initialisation)
+
 TARGET = 1.5
-
-
-def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.5, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
-                if getattr(m, "weight", None) is not None:
-                    m.weight.uniform_(0.5, 1.5, generator=g)
-                if getattr(m, "bias", None) is not None:
-                    m.bias.normal_(0, 0.3, generator=g)
-        for p in model.parameters():
-            if p.dim() >= 2 and not bool(p.any()):
-                p.normal_(0, 0.02, generator=g)
-    return model.eval()
 
 
 def main() -> None:
@@ -60,7 +47,9 @@ def main() -> None:
     rng = random.Random(0)
     for name in args.models:
         torch.manual_seed(0)
-        model = trained_like(torchvision.models.get_model(name, weights=None))
+        model = torchvision.models.get_model(name, weights=None)
+        trained_like(model)
+        model.eval()
         x = torch.rand(1, 3, args.size, args.size)
         explainers = {c: relprop.Explainer(model, c) for c in args.composites}
 
