@@ -197,3 +197,28 @@ def test_shape_indexing_pad_and_torch_max_pool() -> None:
     (g,) = torch.autograd.grad(m(xr)[:, 1].sum(), xr)
     torch.testing.assert_close(relprop.explain(m, x, 1, "gradient"), g)
     assert torch.isfinite(e.relevance).all()
+
+
+def test_a_forward_that_caches_in_its_module_leaves_no_proxy_there() -> None:
+    """timm's LeViT/TinyViT keep attention biases in a dict in eval mode; tracing must not leave proxies there."""
+
+    class Caching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.bias_table = nn.Parameter(torch.randn(4))
+            self.cache: dict[str, torch.Tensor] = {}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if "b" not in self.cache:
+                self.cache["b"] = self.bias_table * 2
+            return self.lin(x) + self.cache["b"]
+
+    m = Caching().eval()
+    x = torch.randn(3, 4)
+    for composite in ("epsilon", "zero", "rlrp"):  # a new trace each time
+        e = relprop.Explainer(m, composite).explain(x)
+        torch.testing.assert_close(e.logits, m(x))
+        m.cache.clear()
+    relprop.Explainer(m, "zero")
+    assert m.cache == {} and set(vars(m)) == set(vars(Caching()))

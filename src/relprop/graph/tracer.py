@@ -304,6 +304,36 @@ def _is_scalar_function(target: Any) -> bool:
     )
 
 
+def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]:
+    """Each module's plain attributes, with shallow copies of its dict and list attributes: a forward that caches
+    values in its module (timm's LeViT and TinyViT keep attention biases in a dict in eval mode) would otherwise
+    keep the tracer's proxies there."""
+    state = []
+    for m in model.modules():
+        plain = {k: v for k, v in vars(m).items() if not k.startswith("_")}
+        copies = {
+            k: dict(v) if isinstance(v, dict) else list(v) for k, v in plain.items() if isinstance(v, (dict, list))
+        }
+        state.append((m, plain, copies))
+    return state
+
+
+def _restore(state: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]) -> None:
+    """Undo what tracing the forward changed in the modules' plain attributes (see :func:`_module_state`)."""
+    for m, plain, copies in state:
+        now = vars(m)
+        for k in [k for k in now if not k.startswith("_") and k not in plain]:
+            del now[k]
+        for k, v in plain.items():
+            now[k] = v
+            if k in copies:
+                if isinstance(v, dict):
+                    v.clear()
+                    v.update(copies[k])
+                else:
+                    v[:] = copies[k]
+
+
 def trace(
     model: nn.Module, leaf_types: tuple[type, ...] = (), example_input: torch.Tensor | None = None
 ) -> tuple[fx.Graph, tuple[int, ...] | None]:
@@ -316,6 +346,7 @@ def trace(
     if example_input is not None:
         example = torch.zeros(example_input.shape, dtype=example_input.dtype, device=example_input.device)
     tracer = _Tracer(leaf_types, example)
+    saved = _module_state(model)
     try:
         graph = tracer.trace(model, concrete_args=_defaults(model))
         if not tracer.specialised:
@@ -344,4 +375,6 @@ def trace(
             ".item()/.tolist()). Make that branch static, or pass the enclosing submodule's class in "
             "`leaf_modules={MyBlock: 'pass'|'route'|'activation'}` so it is treated as one step."
         ) from exc
+    finally:
+        _restore(saved)
 
