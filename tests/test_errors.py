@@ -223,3 +223,38 @@ def test_hooks_are_honoured_or_refused_never_ignored() -> None:
     for h in handles:
         h.remove()
     relprop.explain(model, x)  # following the hint (removing the hooks) works
+
+
+class WithLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 4, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1])
+
+
+def test_the_hint_for_a_recurrent_layer_works_when_followed() -> None:
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(UnsupportedLayerError, match=r"leaf_modules=\{LSTM: 'route'\}") as info:
+        relprop.explain(WithLSTM(), x)
+    assert "'pass'" not in str(info.value).split("How to proceed")[0]  # 'pass' cannot apply to (output, state)
+    r = relprop.explain(WithLSTM(), x, leaf_modules={nn.LSTM: "route"})
+    assert r.shape == x.shape and bool(torch.isfinite(r).all())
+    with pytest.raises(relprop.RelpropError, match="declare it 'route'"):
+        relprop.explain(WithLSTM(), x, leaf_modules={nn.LSTM: "pass"})
+
+
+def test_an_unsupported_call_by_keyword_is_named() -> None:
+    class Sin(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.sin(input=self.a(x)))
+
+    with pytest.raises(UnsupportedLayerError, match="`sin`.*test_errors.py"):
+        relprop.explain(Sin(), torch.randn(2, 4))

@@ -91,6 +91,12 @@ def _passthrough(step: Step, rule: Rule | None, r: Tensor, ctx: PassContext) -> 
     if rule is None:
         return step.backprop(ctx.env, r, ctx.create_graph)
     in_node = step.inputs[0].node
+    if step.custom and not (isinstance(r, Tensor) and isinstance(ctx.env[in_node], Tensor)):
+        raise RelpropError(
+            f"leaf_modules[{type(step.module).__name__}] = 'pass' needs a module that maps one tensor to one tensor, "
+            f"but '{step.name}' returns {type(ctx.env[step.node]).__name__}; declare it 'route' instead (relevance "
+            "then follows its gradient)"
+        )
     return [(in_node, rule.passthrough(ctx.env[in_node], r, _first_input_vjp(step, ctx)))]
 
 

@@ -377,6 +377,12 @@ class RelevanceGraph:
 
                 return Step(node, "activation", name, module, call=act)
         hint = ""
+        if isinstance(module, nn.RNNBase):  # returns (output, state): 'pass' cannot apply
+            raise UnsupportedLayerError(
+                f"module '{name}' of type {type(module).__name__} has no relevance rule: relprop has no rule for "
+                f"recurrent layers. To let relevance follow its gradient, pass leaf_modules={{{type(module).__name__}: "
+                "'route'} to relprop.explain/Explainer (a gradient, not an LRP rule, for that layer)"
+            )
         if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
             hint = " LRP explains logits: explain the model without its final softmax."
         elif isinstance(module, nn.MultiheadAttention):

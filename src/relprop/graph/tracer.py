@@ -47,7 +47,7 @@ def _source_of(node: fx.Node) -> str:
         text = line.strip()
         if text.startswith("File ") and torch_dir not in text and _PACKAGE_DIR + os.sep not in text:
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            found = f" (at {text}: `{code}`)"
+            found = f" (at {text}: `{code}`)" if code and not code.startswith("File ") else f" (at {text})"
     return found
 
 
