@@ -125,3 +125,29 @@ def test_zero_times_input_gives_exactly_zero_relevance_and_says_nothing_was_cons
     e = relprop.Explainer(model, "epsilon").explain(torch.rand(2, 4), 0)
     assert bool((e.relevance == 0).all())
     assert bool((e.conservation_error == 1).all())
+
+
+def test_preset_stabiliser_reaches_additions_and_pooling() -> None:
+    """epsilon_plus_flat(stabilizer=...) used to drop the stabiliser at additions (a dead kw.pop)."""
+    import torch.nn as nn
+
+    from relprop import composites
+
+    for preset in (composites.epsilon_plus_flat, composites.epsilon_gamma_box, composites.epsilon_plus):
+        c = preset(stabilizer=0.5)
+        assert c.add.epsilon == 0.5 and c.pool.epsilon == 0.5 and c.product.stabilizer == 0.5, preset.__name__
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x))
+            return self.out(h + self.b(h))
+
+    torch.manual_seed(0)
+    m, x = Residual(), torch.randn(3, 4)
+    r_small = relprop.explain(m, x, 0, composites.epsilon_plus_flat(stabilizer=1e-6))
+    r_big = relprop.explain(m, x, 0, composites.epsilon_plus_flat(stabilizer=10.0))
+    assert not torch.allclose(r_small, r_big)  # the stabiliser changes the result at the addition
