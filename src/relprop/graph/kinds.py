@@ -144,7 +144,6 @@ NORM_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm) + (
 LINEAR_FUNCTIONS: set[Any] = {F.linear, F.conv1d, F.conv2d, F.conv3d}
 ADD_FUNCTIONS: set[Any] = {operator.add, operator.iadd, torch.add}
 SUB_FUNCTIONS: set[Any] = {operator.sub, operator.isub, torch.sub}
-SCALE_FUNCTIONS: set[Any] = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
 META_METHODS = {"size", "dim", "numel"}
 META_FUNCTIONS: set[Any] = {getattr, len}
 INPLACE_METHODS = {"relu_": "relu", "sigmoid_": "sigmoid", "tanh_": "tanh", "add_": "add"}

@@ -485,7 +485,7 @@ class RelevanceGraph:
                 f"`{name}` divides by a tensor that depends on the input{_source_of(node)}; relprop has no rule "
                 "for it"
             )
-        if not is_method and target in _TRAINING_IDENTITIES:  # e.g. stochastic depth in training mode
+        if not is_method and target in decompose.TRAINING_IDENTITIES:  # e.g. stochastic depth in training mode
             return Step(node, "pass", name, call=call)
         raise UnsupportedLayerError(
             f"the call `{name}`{_source_of(node)} has no relevance rule. Move the computation into a submodule "
@@ -995,7 +995,6 @@ _LINEAR_RESAMPLING = ("nearest", "nearest-exact", "linear", "bilinear", "triline
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 #: functions and methods whose step kind follows from the call alone
 _SIMPLE = _simple_kinds()
-_TRAINING_IDENTITIES = decompose.TRAINING_IDENTITIES
 
 
 def _where(node: fx.Node) -> tuple[str, str]:
