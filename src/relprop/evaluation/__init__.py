@@ -7,6 +7,8 @@
 - :mod:`.similarity`: correlation of two batches of heatmaps;
 - :mod:`.conservation`: conservation error of an explanation;
 - :mod:`.background`: the share of relevance on the image background (Σ_bg |R| / Σ |R|);
+- :mod:`.artefact`: how much of an artefact's effect on the logit the heatmap shows (counterfactual vs relevance);
+- :mod:`.tiling`: mask tiling, relevance spread inside the mask without following the evidence;
 - :mod:`.quantus`: an ``explain_func`` for Quantus metrics.
 
 :mod:`.metrics` gathers all of them in one namespace (``from relprop.evaluation import metrics``).

@@ -1,0 +1,171 @@
+"""The artefact-effect and mask-tiling metrics against their formulas (float64, written out here) and on
+constructed cases whose answer is known: a linear model shows the whole effect, a hidden shortcut none;
+relevance on the evidence has tiling 0, a uniform wash or stripes tiling 1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from relprop.errors import InputError
+from relprop.evaluation import artefact_effect, evidence_from_input, mask_tiling
+
+
+def _linear(h: int = 6, classes: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(h * h, classes, bias=False)).double().eval()
+    return model
+
+
+def _artefact(b: int, h: int) -> torch.Tensor:
+    a = torch.zeros(b, 1, h, h, dtype=torch.bool)
+    a[:, :, :2, :2] = True
+    return a
+
+
+def test_linear_model_shows_the_whole_effect() -> None:
+    """f = w·x, LRP-0 relevance w ⊙ x: Σ_A R = Δ exactly, so shown = 1 and correlation = 1."""
+    b, h = 8, 6
+    model = _linear(h)
+    x = torch.rand(b, 1, h, h, dtype=torch.float64)
+    a = _artefact(b, h)
+    x[a] = torch.rand(int(a.sum()), dtype=torch.float64) * 3 + 1
+    x_without = x.masked_fill(a, 0.0)
+    r = artefact_effect(model, x, x_without, a, target=0, composite="zero", min_effect=-1e9)
+    w = model[1].weight[0].detach().reshape(1, 1, h, h)
+    expected = (w * x * a).flatten(1).sum(1)
+    torch.testing.assert_close(r.effect, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(r.relevance, expected, rtol=1e-10, atol=1e-10)
+    assert r.shown == pytest.approx(1.0, abs=1e-9)
+    assert r.correlation == pytest.approx(1.0, abs=1e-9)
+
+
+def test_hidden_shortcut_reads_zero_and_formula_matches_reference() -> None:
+    """Given heatmaps with nothing on the artefact, shown is 0 while the effect is large; with random
+    heatmaps every number equals the float64 formula written here (rescaling to Σ R = f_c(x))."""
+    b, h = 10, 6
+    model = _linear(h, seed=1)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(b, 1, h, h, dtype=torch.float64, generator=gen)
+    a = _artefact(b, h)
+    x[a] = 5.0
+    x_without = x.masked_fill(a, 0.0)
+    clean = torch.rand(b, 1, h, h, dtype=torch.float64, generator=gen).masked_fill(a, 0.0)
+    hidden = artefact_effect(model, x, x_without, a, clean, target="predicted", min_effect=-1e9)
+    assert hidden.shown == 0.0
+    assert hidden.effect.abs().sum() > 0
+
+    heat = torch.randn(b, 1, h, h, dtype=torch.float64, generator=gen) + 0.5
+    res = artefact_effect(model, x, x_without, a, heat, target="predicted", min_effect=0.1)
+    with torch.no_grad():
+        logits, logits_wo = model(x).numpy(), model(x_without).numpy()
+    c = logits.argmax(1)
+    logit = logits[np.arange(b), c]
+    effect = logit - logits_wo[np.arange(b), c]
+    H, A = heat.numpy()[:, 0], a.numpy()[:, 0]
+    rho = np.array([H[i][A[i]].sum() * logit[i] / H[i].sum() for i in range(b)])
+    sel = effect > 0.1
+    np.testing.assert_allclose(res.effect.numpy(), effect, rtol=1e-12)
+    np.testing.assert_allclose(res.relevance.numpy(), rho, rtol=1e-10)
+    assert res.shown == pytest.approx(rho[sel].sum() / effect[sel].sum(), rel=1e-10)
+    assert res.correlation == pytest.approx(np.corrcoef(rho, effect)[0, 1], rel=1e-10)
+    assert res.summary()["affected"] == pytest.approx(sel.mean())
+
+
+def test_artefact_effect_without_affected_samples_is_nan_and_model_untouched() -> None:
+    model = _linear()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="training mode"):
+        r = artefact_effect(model, x, x.clone(), _artefact(4, 6), target=1)  # no artefact: Δ = 0
+    assert np.isnan(r.shown)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda x, a, r: (x, x[:2], a, r), "x_without has shape"),
+        (lambda x, a, r: (x, x, a.to(torch.uint8) * 255, r), "artefact"),
+        (lambda x, a, r: (x, x, a, r[:, :, :3]), "relevance must be heatmaps"),
+        (lambda x, a, r: (x.flatten(1), x.flatten(1), a, r), "images"),
+    ],
+)
+def test_artefact_effect_bad_input(change, match) -> None:  # type: ignore[no-untyped-def]
+    model = _linear()
+    x = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    args = change(x, _artefact(4, 6), torch.rand(4, 1, 6, 6, dtype=torch.float64))
+    with pytest.raises(InputError, match=match):
+        artefact_effect(model, *args)
+
+
+def _mask_and_evidence(b: int = 3, h: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    m = torch.zeros(b, 1, h, h, dtype=torch.bool)
+    m[:, :, 1:7, 1:7] = True
+    e = torch.zeros_like(m)
+    e[:, :, 2:4, 2:6] = True
+    return m, e
+
+
+def test_tiling_known_cases() -> None:
+    m, e = _mask_and_evidence()
+    s = 8 / 36
+    on_evidence = mask_tiling(e.double() * 2.0, m, e)
+    assert torch.allclose(on_evidence.tiling, torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(on_evidence.evidence_share, torch.ones(3, dtype=torch.float64))
+    wash = mask_tiling(m.double() + 5.0 * ~m, m, e)  # uniform inside the mask; background ignored
+    assert torch.allclose(wash.tiling, torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(wash.spread, torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(wash.area_share, torch.full((3,), s, dtype=torch.float64))
+    stripes = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
+    stripes[..., ::2] = 1.0  # columns: as much on the evidence's columns as elsewhere
+    st = mask_tiling(stripes, m, e)
+    assert torch.allclose(st.tiling, torch.ones(3, dtype=torch.float64))
+    assert (st.spread < 1).all()
+    off = mask_tiling((m & ~e).double(), m, e)
+    assert torch.allclose(off.tiling, torch.full((3,), 1 / (1 - s), dtype=torch.float64))
+
+
+def test_tiling_matches_reference_and_undefined_is_nan() -> None:
+    gen = torch.Generator().manual_seed(0)
+    b, h = 5, 9
+    r = torch.randn(b, 2, h, h, generator=gen)
+    m = torch.rand(b, 1, h, h, generator=gen) > 0.3
+    e = torch.rand(b, 1, h, h, generator=gen) > 0.6
+    got = mask_tiling(r, m, e)
+    a = r.double().abs().sum(1).numpy()
+    for i in range(b):
+        M, E = m[i, 0].numpy(), e[i, 0].numpy() & m[i, 0].numpy()
+        inside = a[i][M].sum()
+        ev = a[i][E].sum() / inside
+        area = E.sum() / M.sum()
+        p = a[i][M] / inside
+        assert got.evidence_share[i] == pytest.approx(ev, rel=1e-10)
+        assert got.area_share[i] == pytest.approx(area, rel=1e-12)
+        assert got.tiling[i] == pytest.approx((1 - ev) / (1 - area), rel=1e-10)
+        assert got.spread[i] == pytest.approx(-(p * np.log(p)).sum() / np.log(M.sum()), rel=1e-10)
+    m2, e2 = _mask_and_evidence(2)
+    r2 = torch.ones(2, 1, 8, 8)
+    r2[0] = 0.0  # no relevance at all
+    full = mask_tiling(r2, m2, m2)  # evidence fills the mask: tiling undefined
+    assert torch.isnan(full.tiling).all()
+    zero = mask_tiling(r2, m2, e2)
+    assert torch.isnan(zero.tiling[0]) and not torch.isnan(zero.tiling[1])
+    assert zero.summary()["tiling_undefined"] == 1.0
+
+
+def test_tiling_bad_input_and_evidence_from_input() -> None:
+    m, e = _mask_and_evidence()
+    with pytest.raises(InputError, match="relevance must be"):
+        mask_tiling(torch.ones(3, 8, 8), m, e)
+    with pytest.raises(InputError, match="evidence"):
+        mask_tiling(torch.ones(3, 1, 8, 8), m, e[:2])
+    x = torch.zeros(3, 1, 8, 8)
+    x[:, :, 0, 0] = 1.0  # bright but outside the mask
+    x[:, :, 3, 3] = 0.9
+    ev = evidence_from_input(x, m)
+    assert ev.dtype == torch.bool and int(ev.sum()) == 3 and bool(ev[:, 0, 3, 3].all())
