@@ -169,3 +169,19 @@ def test_tiling_bad_input_and_evidence_from_input() -> None:
     x[:, :, 3, 3] = 0.9
     ev = evidence_from_input(x, m)
     assert ev.dtype == torch.bool and int(ev.sum()) == 3 and bool(ev[:, 0, 3, 3].all())
+
+
+def test_digits_artefact_masks_mark_the_squares(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The biased test images differ from the unbiased ones (the same digits) exactly on the artefact masks."""
+    from relprop.data import BiasedDigitsConfig, artefact_masks, biased_digits
+
+    cfg = BiasedDigitsConfig(n_train=20, n_val=10, n_test=30)
+    splits = biased_digits(cfg, cache_dir=tmp_path)
+    biased, unbiased = splits["test_biased"], splits["test_unbiased"]
+    a = artefact_masks(biased, cfg)
+    assert a.shape == (30, 1, 40, 40) and int(a.sum()) == 30 * 16
+    diff = biased.images != unbiased.images
+    assert torch.equal(diff, a)
+    assert not artefact_masks(unbiased, cfg).any()
+    with pytest.raises(InputError, match="canvas"):
+        artefact_masks(biased, BiasedDigitsConfig(canvas=48))

@@ -33,6 +33,7 @@ from .digits import (
     SPLITS,
     BiasedDigitsConfig,
     MaskedTensorDataset,
+    artefact_masks,
     artefact_positions,
     biased_digits,
     digit_box,
@@ -43,8 +44,8 @@ from .digits import (
 
 __all__ = [
     "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIRS", "MNIST_CLASSES", "SOURCES", "SPLITS", "BiasedDigitsConfig",
-    "CacheWarning", "MaskedTensorDataset", "artefact_positions", "biased_digits", "default_cache_dir", "digit_box",
-    "load_fashion_mnist", "load_mnist", "read_idx",
+    "CacheWarning", "MaskedTensorDataset", "artefact_masks", "artefact_positions", "biased_digits",
+    "default_cache_dir", "digit_box", "load_fashion_mnist", "load_mnist", "read_idx",
     "CXR_CLASSES", "CXRConfig", "CXRSample", "CXRSource", "LungMasks", "cxr_benchmark", "cxr_montage",
     "default_cxr_sources", "load_lung_masks", "lung_mask_zip", "make_cxr_folder", "plan_cxr", "render_cxr",
     # relprop.data.folders, imported on first use (so that `python -m relprop.data.folders` runs without

@@ -51,8 +51,8 @@ from .cache import CacheWarning, atomic_torch_save, content_key, load_cached, re
 
 __all__ = [
     "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIRS", "MNIST_CLASSES", "SOURCES", "SPLITS", "BiasedDigitsConfig",
-    "MaskedTensorDataset", "artefact_positions", "biased_digits", "digit_box", "load_fashion_mnist",
-    "load_mnist", "read_idx",
+    "MaskedTensorDataset", "artefact_masks", "artefact_positions", "biased_digits", "digit_box",
+    "load_fashion_mnist", "load_mnist", "read_idx",
 ]  # fmt: skip
 
 SPLITS: tuple[str, ...] = ("train", "val", "test_biased", "test_unbiased", "test_deceiving")
@@ -138,6 +138,22 @@ class MaskedTensorDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Configuration and geometry
+
+
+def artefact_masks(dataset: MaskedTensorDataset, config: BiasedDigitsConfig) -> Tensor:
+    """Bool (N, 1, canvas, canvas): where each image's artefact is (all False for an image without one), from
+    ``dataset.artefact_classes`` and the positions of ``config`` (for :func:`relprop.evaluation.artefact_effect`)."""
+    classes = dataset.artefact_classes
+    if classes is None:
+        raise InputError(f"{dataset!r} has no artefact_classes: build it with relprop.data.biased_digits")
+    n, _, h, w = dataset.images.shape
+    if (h, w) != (config.canvas, config.canvas):
+        raise InputError(f"the images are {h}x{w} but config.canvas is {config.canvas}: pass the data set's own config")
+    out = torch.zeros(n, 1, h, w, dtype=torch.bool)
+    a = config.artefact
+    for k, (r, c) in enumerate(artefact_positions(config.canvas, a, config.margin)[: config.num_classes]):
+        out[classes == k, 0, r : r + a, c : c + a] = True
+    return out
 
 
 def _check_int(name: str, value: object, low: int) -> None:
