@@ -23,3 +23,7 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     echo "setup: chromium not found; install it (apt-get install chromium) for the report's browser test" >&2
   fi
 fi
+# Fashion-MNIST (60000 + 10000 images, MIT) for the digits study's --source fashion (Debian package; needs root).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || echo "setup: could not install dataset-fashion-mnist; relprop study isnet --source fashion will not run" >&2
+fi
