@@ -20,14 +20,17 @@ from relprop.data.cxr import (
     cxr_benchmark,
     cxr_montage,
     default_cxr_sources,
+    load_cxr_annotations,
     load_lung_masks,
     make_cxr_folder,
     plan_cxr,
     render_cxr,
+    render_cxr_layers,
 )
 
 N_MASKS = 12
-SMALL = CXRConfig(size=32, sources=default_cxr_sources(2, 20, 20), n_masks=N_MASKS, seed=3)  # 60 images
+SMALL = CXRConfig(size=32, sources=default_cxr_sources(2, 20, 20), n_masks=N_MASKS, seed=3)  # 80 images
+SOURCES = ("hospital_a", "hospital_b", "hospital_c", "hospital_d")
 
 
 def _rows(root: Path, name: str = "index.csv") -> list[dict[str, str]]:
@@ -121,11 +124,13 @@ def test_layout_index_and_metadata_agree_with_the_files(folder: Path) -> None:
     rows = _rows(folder)
     meta = json.loads((folder / "config.json").read_text())
     assert _header(folder, "index.csv") == ["image", "mask", "label", "source"]
-    assert meta["key"] == SMALL.key() and meta["n_images"] == len(rows) == 60
+    assert meta["key"] == SMALL.key() and meta["n_images"] == len(rows) == 80
     assert meta["class_names"] == ["normal", "opacity"] == sorted(meta["class_names"])
+    meta_rows = _rows(folder, "metadata.csv")
+    truth = {m[k] for m in meta_rows for k in ("evidence", "artefact", "clean")}
     listed = {r["image"] for r in rows} | {r["mask"] for r in rows}
     on_disk = {p for p in _files(folder) if p.endswith(".png")}
-    assert listed == on_disk
+    assert listed | truth == on_disk and len(truth) == 3 * len(rows) and not listed & truth
     for r in rows:
         assert r["image"] == f"{r['label']}/{Path(r['image']).name}"
         assert r["mask"] == f"masks/{r['image']}"
@@ -134,11 +139,16 @@ def test_layout_index_and_metadata_agree_with_the_files(folder: Path) -> None:
         assert image.shape == mask.shape == (32, 32)
         assert set(np.unique(mask)) <= {0, 255}
     counts = {s.name: sum(r["source"] == s.name for r in rows) for s in SMALL.sources or ()}
-    assert counts == {"hospital_a": 20, "hospital_b": 20, "hospital_c": 20}
-    meta_rows = _rows(folder, "metadata.csv")
+    assert counts == dict.fromkeys(SOURCES, 20)
     assert [m["image"] for m in meta_rows] == [r["image"] for r in rows]
     assert all(m["label"] == r["label"] and m["source"] == r["source"] for m, r in zip(meta_rows, rows))
-    assert {m["external"] for m in meta_rows if m["source"] == "hospital_c"} == {"1"}
+    for source, external in zip(SOURCES, "0011"):
+        assert {m["external"] for m in meta_rows if m["source"] == source} == {external}
+    for m in meta_rows:
+        name = Path(m["image"]).name
+        assert [m[k] for k in ("evidence", "artefact", "clean")] == [
+            f"{m['label']}/{sub}/{name}" for sub in ("evidence", "artefacts", "clean")
+        ]
 
 
 def test_files_are_the_rendered_plan(folder: Path, masks: LungMasks) -> None:
@@ -153,6 +163,11 @@ def test_files_are_the_rendered_plan(folder: Path, masks: LungMasks) -> None:
         row = rows[rel]
         expected = (str(int(s.tag)), str(int(s.border)), masks.names[s.mask_index])
         assert (row["tag"], row["border"], row["lung_mask"]) == expected
+        layers = render_cxr_layers(s, SMALL, masks)
+        assert np.array_equal(_grey(folder / row["clean"]), layers.clean)
+        assert np.abs(_grey(folder / row["artefact"]) / 255 - layers.artefact).max() <= 0.5 / 255 + 1e-9
+        written = _grey(folder / row["evidence"]) / 255
+        assert np.abs(written - np.clip(layers.evidence, 0, 1)).max() <= 0.5 / 255 + 1e-9
 
 
 def test_masks_are_jittered_real_lung_shapes(folder: Path, masks: LungMasks) -> None:
@@ -211,7 +226,8 @@ def test_class_evidence_changes_only_lung_pixels(masks: LungMasks, num_classes: 
 def test_markers_change_only_background_pixels(masks: LungMasks) -> None:
     for s in plan_cxr(SMALL, len(masks.names))[::3]:
         bare, mask = render_cxr(replace(s, tag=False, border=False, letter=False), SMALL, masks)
-        for marked in (replace(s, tag=True), replace(s, border=True), replace(s, letter=True)):
+        lettered = SMALL.source(s.source).letter != ""  # hospital_d has no letter
+        for marked in (replace(s, tag=True), replace(s, border=True), replace(s, letter=True))[: 2 + lettered]:
             image, mask2 = render_cxr(marked, SMALL, masks)
             diff = image != bare
             assert np.array_equal(mask, mask2)
@@ -221,7 +237,7 @@ def test_markers_change_only_background_pixels(masks: LungMasks) -> None:
 def test_lungs_are_brighter_with_opacity_in_the_written_images(folder: Path) -> None:
     inside: dict[str, list[float]] = {"normal": [], "opacity": []}
     for r in _rows(folder):
-        if r["source"] == "hospital_c":  # one source: no brightness offset between the classes
+        if r["source"] == "hospital_c":  # one source: no intensity difference between the classes
             image, mask = _grey(folder / r["image"]).astype(float), _grey(folder / r["mask"]) > 0
             inside[r["label"]].append(image[mask].mean())
     assert np.mean(inside["opacity"]) > np.mean(inside["normal"]) + 3
@@ -229,7 +245,8 @@ def test_lungs_are_brighter_with_opacity_in_the_written_images(folder: Path) -> 
 
 @pytest.mark.parametrize("mode", ["independent", "anticorrelated"])
 def test_markers_follow_the_class_in_training_sources_only(tmp_path: Path, mode: str) -> None:
-    config = replace(SMALL, external_markers=mode)
+    sources = default_cxr_sources(2, 20, 20)[:3]  # hospital_c derives its rates from the config's rule
+    config = replace(SMALL, sources=sources, external_markers=mode)
     rows = _rows(make_cxr_folder(tmp_path / "bench", config), "metadata.csv")
     for marker, sign in (("tag", 1), ("border", -1)):
         train = [r for r in rows if r["external"] == "0"]
@@ -250,7 +267,69 @@ def test_markers_follow_the_class_in_training_sources_only(tmp_path: Path, mode:
 
 def test_letters_mark_the_source(folder: Path) -> None:
     letters = {(r["source"], r["letter"]) for r in _rows(folder, "metadata.csv")}
-    assert letters == {("hospital_a", "R"), ("hospital_b", "L"), ("hospital_c", "L")}
+    assert letters == {("hospital_a", "R"), ("hospital_b", "L"), ("hospital_c", "L"), ("hospital_d", "")}
+
+
+def test_external_hospitals_separate_the_marker_and_the_acquisition_shift(masks: LungMasks) -> None:
+    rates = SMALL.marker_rates()
+    pooled = {
+        m: cxr._pooled_rates([SMALL.source("hospital_a"), SMALL.source("hospital_b")], m, 2)
+        for m in rates["hospital_a"]
+    }
+    for marker, (per_class, overall) in pooled.items():
+        assert rates["hospital_c"][marker] == (overall, overall)  # markers independent of the class
+        assert rates["hospital_d"][marker] == per_class  # markers as in training
+    acquisition = {s.name: (s.brightness, s.contrast) for s in SMALL.sources or ()}
+    assert acquisition == {"hospital_a": (0, 1), "hospital_b": (0, 1), "hospital_c": (0, 1), "hospital_d": (0, 0.9)}
+    # the same sample rendered as hospital_c and as hospital_d differs inside the lungs by the contrast only
+    s = next(p for p in plan_cxr(SMALL, len(masks.names)) if p.source == "hospital_c")
+    bare = replace(s, tag=False, border=False, letter=False)
+    c = render_cxr_layers(bare, SMALL, masks)
+    d = render_cxr_layers(replace(bare, source="hospital_d"), SMALL, masks)
+    assert np.array_equal(c.mask, d.mask)
+    inside_c, inside_d = c.image[c.mask].astype(float), d.image[d.mask].astype(float)
+    assert np.abs((inside_c - 127.5) * 0.9 + 127.5 - inside_d).max() <= 1.5
+    assert np.abs(inside_c - inside_d).max() > 3
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_ground_truth_layers_locate_evidence_and_markers(masks: LungMasks, num_classes: int) -> None:
+    config = replace(SMALL, num_classes=num_classes, sources=default_cxr_sources(num_classes, 6, 6), evidence=0.3)
+    for s in plan_cxr(config, len(masks.names))[::2]:
+        layers = render_cxr_layers(s, config, masks)
+        assert np.array_equal((layers.image, layers.mask), render_cxr(s, config, masks))
+        assert (layers.evidence[~layers.mask] == 0).all() and (layers.artefact[layers.mask] == 0).all()
+        assert (layers.evidence.max() > 0.3) == (s.label > 0)  # in units of the nominal strength
+        assert (layers.artefact.max() > 0.5) == (
+            s.tag or s.border or (s.letter and config.source(s.source).letter != "")
+        )
+        # the clean image is the marked one where no marker is, and equals the marker-free rendering
+        assert np.array_equal(layers.clean[layers.artefact == 0], layers.image[layers.artefact == 0])
+        bare = render_cxr(replace(s, tag=False, border=False, letter=False), config, masks)[0]
+        assert np.array_equal(layers.clean, bare)
+        # the evidence map is what the label adds to the image (before the source's contrast)
+        normal = render_cxr_layers(replace(s, label=0), config, masks)
+        added = (layers.clean.astype(float) - normal.clean.astype(float)) / 255
+        source = config.source(s.source)
+        expected = config.evidence * layers.evidence * source.contrast
+        unclipped = (normal.clean > 0) & (normal.clean < 255) & (layers.clean < 255)
+        assert np.abs(added - expected)[unclipped].max() <= 1 / 255 + 1e-9
+
+
+def test_annotations_load_in_the_order_asked(folder: Path, masks: LungMasks) -> None:
+    rows = _rows(folder)
+    picked = [rows[5]["image"], str(folder / rows[2]["image"])]
+    got = load_cxr_annotations(folder, picked)
+    assert set(got) == {"evidence", "artefact", "clean"}
+    assert all(a.shape == (2, 32, 32) and a.dtype == np.float32 for a in got.values())
+    plan = {s.name: s for s in plan_cxr(SMALL, len(masks.names))}
+    for k, r in enumerate((rows[5], rows[2])):
+        layers = render_cxr_layers(plan[Path(r["image"]).stem], SMALL, masks)
+        assert np.array_equal(got["clean"][k], layers.clean.astype(np.float32) / 255)
+        assert np.abs(got["artefact"][k] - layers.artefact).max() < 1 / 255
+    assert len(load_cxr_annotations(folder)["evidence"]) == len(rows)
+    with pytest.raises(KeyError, match="not in"):
+        load_cxr_annotations(folder, ["normal/nothing.png"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -267,7 +346,7 @@ def test_complete_folder_is_not_rebuilt(monkeypatch: pytest.MonkeyPatch, folder:
 
 def test_interrupted_build_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls = []
-    real = cxr.render_cxr
+    real = cxr.render_cxr_layers
 
     def interrupted(*args: object) -> object:
         calls.append(1)
@@ -275,7 +354,7 @@ def test_interrupted_build_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_p
             raise KeyboardInterrupt
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cxr, "render_cxr", interrupted)
+    monkeypatch.setattr(cxr, "render_cxr_layers", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_cxr_folder(tmp_path / "bench", SMALL)
     assert list(tmp_path.iterdir()) == []
@@ -299,7 +378,7 @@ def test_other_config_replaces_the_folder_and_an_interruption_keeps_the_old_one(
     assert _files(root) == before and _siblings(root) == ["bench"]
     (root / "index.csv").unlink()  # an incomplete folder of ours is rebuilt too
     make_cxr_folder(root, small2)
-    assert len(_rows(root)) == 15 and json.loads((root / "config.json").read_text())["key"] == small2.key()
+    assert len(_rows(root)) == 20 and json.loads((root / "config.json").read_text())["key"] == small2.key()
     assert _siblings(root) == ["bench"]
 
 
@@ -316,7 +395,7 @@ def test_cxr_benchmark_caches_under_the_cache_dir(monkeypatch: pytest.MonkeyPatc
     config = replace(SMALL, sources=default_cxr_sources(2, 4, 2))
     monkeypatch.setenv("RELPROP_CACHE", str(tmp_path / "env"))
     root = cxr_benchmark(config)
-    assert root == tmp_path / "env" / f"cxr-{config.key()[:24]}" and len(_rows(root)) == 10
+    assert root == tmp_path / "env" / f"cxr-{config.key()[:24]}" and len(_rows(root)) == 12
     monkeypatch.setattr(cxr, "_write_folder", lambda *a: pytest.fail("rebuilt"))
     assert cxr_benchmark(config) == root
 
@@ -334,6 +413,8 @@ def test_cxr_benchmark_cache_dir_argument(tmp_path: Path) -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="external_markers"):
         CXRConfig(external_markers="sometimes")
+    with pytest.raises(ValueError, match="markers="):
+        CXRSource("ext", 3, (1, 1), external=True, markers="sometimes")
     with pytest.raises(ValueError, match="class rates"):
         CXRConfig(num_classes=3, sources=default_cxr_sources(2))
     with pytest.raises(ValueError, match="duplicate"):
@@ -347,12 +428,13 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="name"):
         CXRSource("../up", 3, (1, 1), (0, 1), (0, 1))
     assert CXRConfig().key() == CXRConfig(sources=default_cxr_sources(2)).key() != CXRConfig(seed=1).key()
-    assert sum(s.n for s in CXRConfig().sources or ()) == 2000
+    assert sum(s.n for s in CXRConfig().sources or ()) == 2400
+    assert [s.name for s in default_cxr_sources(2, 5, 0)] == ["hospital_a", "hospital_b"]
 
 
 def test_montage_shows_every_source_and_class(folder: Path) -> None:
     image = cxr_montage(folder, per_class=2, scale=1)
-    assert image.dtype == np.uint8 and image.shape == (3 * 34 + 2, 8 * 34 + 2, 3)
+    assert image.dtype == np.uint8 and image.shape == (4 * 34 + 2, 8 * 34 + 2, 3)
 
 
 def test_folder_loader_reads_the_folder_and_its_csv(folder: Path) -> None:
@@ -360,7 +442,7 @@ def test_folder_loader_reads_the_folder_and_its_csv(folder: Path) -> None:
 
     assert check_folder(folder) == [] and check_folder(csv=folder / "index.csv") == []
     data = MaskedImageFolder(csv=folder / "index.csv")
-    assert len(data) == 60 and tuple(data.class_names) == SMALL.class_names
+    assert len(data) == 80 and tuple(data.class_names) == SMALL.class_names
     image, mask, label = data[0]
     first = _rows(folder)[0]
     assert image.shape == mask.shape == (1, 32, 32) and SMALL.class_names[int(label)] == first["label"]

@@ -10,26 +10,40 @@ of ``semantic_masks_v7labs_lungs.zip`` shipped with ``torchxrayvision==1.5.7``, 
   patches) and, with ``num_classes=3``, ``pleural_effusion`` (bright fluid filling the base of one lung
   under a meniscus);
 - *hospital markers*, strictly outside the lung mask: the text tag ``PORTABLE`` (bottom band), a bright
-  border frame, and a laterality letter (``L``/``R``) at a source-specific corner; plus a global
-  brightness/contrast change per source (applied to the whole image: a scanner property, not a local mark).
+  border frame, and a laterality letter (``L``/``R``) at a source-specific corner;
+- optionally a global brightness/contrast change per source (applied to the whole image, lungs included: an
+  acquisition property, not a local mark, so no background loss can remove it).
 
 Sources: training sources (default ``hospital_a``, ``hospital_b``) whose tag and border rates depend on the
 class (e.g. 90 % of ``opacity`` images from ``hospital_a`` carry ``PORTABLE``, 10 % of its ``normal`` ones),
-with different class prevalences; and an external source (default ``hospital_c``, drawn from held-out lung
-masks) whose markers are independent of the class (``external_markers="independent"``: every class gets the
-pooled training rate of the marker) or anti-correlated (``"anticorrelated"``: class ``c`` gets the pooled
-training rate of class ``C-1-c``). Labels and markers are allotted in exact counts (rounded), so the rates
-hold for small data sets too.
+with different class prevalences; and external sources drawn from held-out lung masks whose marker rates are
+derived from the training sources by a rule (:attr:`CXRSource.markers`, default
+:attr:`CXRConfig.external_markers`): ``"independent"`` (every class gets the pooled training rate of the
+marker), ``"anticorrelated"`` (class ``c`` gets the pooled training rate of class ``C-1-c``) or ``"training"``
+(each class keeps its pooled training rate). The default external sources separate the two shifts:
+``hospital_c`` differs from the training hospitals *only* in its background markers (independent of the
+class; a new letter placement), ``hospital_d`` *only* in its acquisition (contrast 0.9 over the whole image;
+markers at the training rates, no letter). Labels and markers are allotted in exact counts (rounded), so the
+rates hold for small data sets too.
+
+Every image also has its ground truth: the class evidence map, the markers' alpha and the image without
+markers (:func:`render_cxr_layers`; written to the folder, read back by :func:`load_cxr_annotations`), so
+metrics can ask whether a heatmap follows the evidence or the artefacts.
 
 Folder layout written by :func:`make_cxr_folder` (the layout real data sets use)::
 
     root/<class>/<name>.png          8-bit grey image, <name> = <source>_<index>
     root/masks/<class>/<name>.png    8-bit lung mask, 0 (background) or 255 (lung = foreground)
     root/index.csv                   image,mask,label,source (relative paths; label = class name)
-    root/metadata.csv                image,label,source,external,tag,border,letter,lung_mask
+    root/metadata.csv                image,label,source,external,tag,border,letter,lung_mask,evidence,artefact,clean
+    root/<class>/evidence/<name>.png  8-bit class evidence added inside the lungs (255 = the nominal strength
+                                      ``CXRConfig.evidence``; 0 everywhere for ``normal``)
+    root/<class>/artefacts/<name>.png 8-bit alpha of the markers (outside the lungs; 0 = none)
+    root/<class>/clean/<name>.png     the same image without any marker
     root/config.json                 the configuration and its content hash
 
-Class names sort alphabetically in label order (``normal`` < ``opacity`` < ``pleural_effusion``), so loaders
+The ground truth sits in subfolders of the class folders, which image-folder loaders skip. Class names sort
+alphabetically in label order (``normal`` < ``opacity`` < ``pleural_effusion``), so loaders
 that index sorted class folders agree with the label indices. Everything is deterministic from the seed.
 """
 
@@ -60,19 +74,23 @@ from .._io import _UMASK, atomic_write
 from .cache import CacheWarning, content_key, resolve_cache_dir
 
 __all__ = [
-    "CXR_CLASSES", "CXRConfig", "CXRSample", "CXRSource", "LungMasks", "cxr_benchmark", "cxr_montage",
-    "default_cxr_sources", "load_lung_masks", "lung_mask_zip", "make_cxr_folder", "plan_cxr", "render_cxr",
+    "CXR_CLASSES", "CXRConfig", "CXRLayers", "CXRSample", "CXRSource", "LungMasks", "cxr_benchmark", "cxr_montage",
+    "default_cxr_sources", "load_cxr_annotations", "load_lung_masks", "lung_mask_zip", "make_cxr_folder",
+    "plan_cxr", "render_cxr", "render_cxr_layers",
 ]  # fmt: skip
 
 CXR_CLASSES: tuple[str, ...] = ("normal", "opacity", "pleural_effusion")
-FORMAT_VERSION = 1  # bump when the construction changes: it is part of the content hash
+FORMAT_VERSION = 2  # bump when the construction changes: it is part of the content hash
 BANK = 256  # side of the canonical lung-mask bank
 LUNG_BOX = (0.12, 0.86, 0.10, 0.90)  # canonical lung bounding box (top, bottom, left, right), fractions of the side
 TAG_TEXT = "PORTABLE"
 INDEX_COLUMNS = ("image", "mask", "label", "source")
-METADATA_COLUMNS = ("image", "label", "source", "external", "tag", "border", "letter", "lung_mask")
+METADATA_COLUMNS = (
+    "image", "label", "source", "external", "tag", "border", "letter", "lung_mask", "evidence", "artefact", "clean",
+)  # fmt: skip
+LAYER_FOLDERS = {"evidence": "evidence", "artefact": "artefacts", "clean": "clean"}
 CORNERS = ("top_left", "top_right")
-EXTERNAL_MARKERS = ("independent", "anticorrelated")
+EXTERNAL_MARKERS = ("independent", "anticorrelated", "training")
 _PACKAGE = "torchxrayvision"
 _ZIP_MEMBER = "data/semantic_masks_v7labs_lungs.zip"
 _INSTALL_HINT = "pip install torchxrayvision==1.5.7"
@@ -96,6 +114,9 @@ class CXRSource:
             only): derived from the training sources by :attr:`CXRConfig.external_markers`.
         p_border: per class, the fraction of images with a bright border frame; ``None`` as for ``p_tag``.
         external: an out-of-distribution test source (held-out lung masks, derived marker rates).
+        markers: how an external source derives the rates it does not give: ``"independent"``,
+            ``"anticorrelated"`` or ``"training"`` (see the module doc); ``None``: the config's
+            :attr:`CXRConfig.external_markers`.
         letter: laterality letter drawn on every image of the source (``""``: none).
         letter_corner: ``"top_left"`` or ``"top_right"``.
         brightness: added to the whole image (intensities in [0, 1]).
@@ -112,6 +133,7 @@ class CXRSource:
     letter_corner: str = "top_left"
     brightness: float = 0.0
     contrast: float = 1.0
+    markers: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("prevalence", "p_tag", "p_border"):
@@ -130,6 +152,10 @@ class CXRSource:
                 raise ValueError(f"CXRSource {self.name!r}: {name} is required for a training source")
             if value is not None and (len(value) != len(self.prevalence) or not all(0 <= p <= 1 for p in value)):
                 raise ValueError(f"CXRSource {self.name!r}: {name}={value} needs one rate in [0, 1] per class")
+        if self.markers is not None and self.markers not in EXTERNAL_MARKERS:
+            raise ValueError(
+                f"CXRSource {self.name!r}: markers={self.markers!r} must be None or one of {EXTERNAL_MARKERS}"
+            )
         if self.letter_corner not in CORNERS:
             raise ValueError(f"CXRSource {self.name!r}: letter_corner={self.letter_corner!r} must be one of {CORNERS}")
         if not isinstance(self.letter, str) or len(self.letter) > 2:
@@ -142,13 +168,21 @@ class CXRSource:
             raise ValueError(f"CXRSource {self.name!r}: contrast={self.contrast} must be > 0")
 
 
-def default_cxr_sources(num_classes: int = 2, n_train: int = 800, n_external: int = 400) -> tuple[CXRSource, ...]:
-    """The default sources: ``hospital_a`` and ``hospital_b`` (``n_train`` images each), ``hospital_c`` external.
+def default_cxr_sources(
+    num_classes: int = 2, n_train: int = 800, n_external: int = 400, *, acquisition: float = 0.9
+) -> tuple[CXRSource, ...]:
+    """The default sources: ``hospital_a`` and ``hospital_b`` (``n_train`` images each) for training,
+    ``hospital_c`` and ``hospital_d`` (``n_external`` each) external.
 
     ``hospital_a`` (many sick patients, portable scans): ``PORTABLE`` on 90 % of ``opacity`` and 10 % of
-    ``normal`` images, border on 20 % / 60 %. ``hospital_b`` (mostly healthy): ``PORTABLE`` on 70 % / 5 %,
-    border on 10 % of ``opacity`` and 75 % of ``normal`` images. ``hospital_c``: uniform prevalence, marker
-    rates derived (see :class:`CXRConfig`).
+    ``normal`` images, border on 20 % / 60 %, letter ``R`` top left. ``hospital_b`` (mostly healthy):
+    ``PORTABLE`` on 70 % / 5 %, border on 10 % of ``opacity`` and 75 % of ``normal`` images, letter ``L`` top
+    right. Both share one acquisition (no intensity change). ``hospital_c`` (the *markers* shift): uniform
+    prevalence, marker rates independent of the class (the config's ``external_markers``), letter ``L`` top left,
+    the training acquisition. ``hospital_d`` (the *acquisition* shift): uniform prevalence, the markers at their
+    pooled per-class training rates, no letter, the whole image's contrast scaled by ``acquisition`` (lungs
+    included). ``n_external=0`` leaves out the external sources; ``acquisition=1`` makes ``hospital_d`` a second
+    in-distribution-like test (held-out lung masks only).
     """
     prev_a: tuple[float, ...]
     prev_b: tuple[float, ...]
@@ -165,20 +199,17 @@ def default_cxr_sources(num_classes: int = 2, n_train: int = 800, n_external: in
     else:
         raise ValueError(f"num_classes={num_classes} must be 2 or 3")
     uniform = (1.0 / num_classes,) * num_classes
-    return (
-        CXRSource("hospital_a", n_train, prev_a, tag_a, border_a, letter="R", brightness=0.04),
+    train = (
+        CXRSource("hospital_a", n_train, prev_a, tag_a, border_a, letter="R"),
+        CXRSource("hospital_b", n_train, prev_b, tag_b, border_b, letter="L", letter_corner="top_right"),
+    )
+    if n_external == 0:
+        return train
+    return train + (
+        CXRSource("hospital_c", n_external, uniform, external=True, letter="L"),
         CXRSource(
-            "hospital_b",
-            n_train,
-            prev_b,
-            tag_b,
-            border_b,
-            letter="L",
-            letter_corner="top_right",
-            brightness=-0.04,
-            contrast=1.15,
+            "hospital_d", n_external, uniform, external=True, letter="", contrast=acquisition, markers="training"
         ),
-        CXRSource("hospital_c", n_external, uniform, external=True, letter="L", contrast=0.9),
     )
 
 
@@ -190,10 +221,11 @@ class CXRConfig:
         size: side of the square images (16..512).
         num_classes: 2 (``normal``, ``opacity``) or 3 (also ``pleural_effusion``).
         sources: the hospitals; ``None``: :func:`default_cxr_sources` for ``num_classes`` (1600 training
-            images, 400 external).
-        external_markers: marker rates of external sources without explicit rates: ``"independent"`` (every
-            class gets the marker's pooled training rate) or ``"anticorrelated"`` (class ``c`` gets the pooled
-            training rate of class ``num_classes - 1 - c``).
+            images, 400 in each of the two external hospitals).
+        external_markers: marker rates of external sources without explicit rates and without their own
+            :attr:`CXRSource.markers`: ``"independent"`` (every class gets the marker's pooled training rate),
+            ``"anticorrelated"`` (class ``c`` gets the pooled training rate of class ``num_classes - 1 - c``)
+            or ``"training"`` (each class its pooled training rate).
         evidence: intensity of the class evidence inside the lungs (image intensities lie in [0, 1]).
         noise: standard deviation of the pixel noise.
         jitter: scale of the random rotation (±6°), scaling (±7 %) and shift (±4 %) of the lung masks.
@@ -274,10 +306,13 @@ class CXRConfig:
                 given = getattr(s, f"p_{marker}")
                 if given is None:
                     pooled = _pooled_rates(train, marker, self.num_classes)
-                    if self.external_markers == "independent":
+                    rule = s.markers or self.external_markers
+                    if rule == "independent":
                         given = (pooled[1],) * self.num_classes
-                    else:
+                    elif rule == "anticorrelated":
                         given = tuple(reversed(pooled[0]))
+                    else:
+                        given = pooled[0]
                 out[s.name][marker] = given
         return out
 
@@ -657,8 +692,28 @@ def _markers(sample: CXRSample, source: CXRSource, n: int, rng: np.random.Genera
     return alpha
 
 
-def render_cxr(sample: CXRSample, config: CXRConfig, masks: LungMasks) -> tuple[np.ndarray, np.ndarray]:
-    """The sample's uint8 (size, size) image and bool (size, size) lung mask (the foreground).
+class CXRLayers(NamedTuple):
+    """One rendered image and its ground truth (all (size, size) arrays).
+
+    ``image``: uint8 image; ``mask``: bool lung mask (the foreground); ``evidence``: float64 class evidence added
+    inside the lungs, in units of :attr:`CXRConfig.evidence` (0 outside the lungs and everywhere for class 0);
+    ``artefact``: float64 alpha of the markers in [0, 1] (0 inside the lungs); ``clean``: uint8 image of the same
+    sample without any marker (equal to ``image`` wherever ``artefact`` is 0).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    evidence: np.ndarray
+    artefact: np.ndarray
+    clean: np.ndarray
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def render_cxr_layers(sample: CXRSample, config: CXRConfig, masks: LungMasks) -> CXRLayers:
+    """The sample's image with its lung mask, evidence map, marker alpha and marker-free image.
 
     Independent random streams (from ``config.seed``, the source and the index) drive the lung jitter and
     anatomy, the class evidence, the noise and the marker placement, so changing ``label`` changes pixels
@@ -673,12 +728,21 @@ def render_cxr(sample: CXRSample, config: CXRConfig, masks: LungMasks) -> tuple[
     anatomy_rng = stream(0)
     mask = _jittered_mask(masks.masks[sample.mask_index], n, config.jitter, anatomy_rng)
     img = _anatomy(mask, anatomy_rng)
-    img += _evidence(mask, sample.label, config.evidence, stream(1))
+    evidence = _evidence(mask, sample.label, config.evidence, stream(1))
+    img += evidence
     img += config.noise * stream(2).standard_normal((n, n))
     img = (img - 0.5) * source.contrast + 0.5 + source.brightness
     alpha = _markers(sample, source, n, stream(3)) * ~mask
-    img = img * (1.0 - alpha) + 0.97 * alpha
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mask
+    marked = img * (1.0 - alpha) + 0.97 * alpha
+    unit = evidence / config.evidence if config.evidence > 0 else evidence
+    return CXRLayers(_to_uint8(marked), mask, unit, alpha, _to_uint8(img))
+
+
+def render_cxr(sample: CXRSample, config: CXRConfig, masks: LungMasks) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's uint8 (size, size) image and bool (size, size) lung mask (the foreground); see
+    :func:`render_cxr_layers` for the ground truth besides."""
+    layers = render_cxr_layers(sample, config, masks)
+    return layers.image, layers.mask
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -727,12 +791,18 @@ def _write_folder(folder: Path, config: CXRConfig, masks: LungMasks) -> None:
     for c in names:
         (folder / c).mkdir()
         (folder / "masks" / c).mkdir(parents=True)
+        for sub in LAYER_FOLDERS.values():
+            (folder / c / sub).mkdir()
     index, metadata = [], []
     for s in plan_cxr(config, len(masks.names)):
-        image, mask = render_cxr(s, config, masks)
+        layers = render_cxr_layers(s, config, masks)
         rel_image, rel_mask = f"{names[s.label]}/{s.name}.png", f"masks/{names[s.label]}/{s.name}.png"
-        Image.fromarray(image).save(folder / rel_image, format="PNG")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / rel_mask, format="PNG")
+        rel = {k: f"{names[s.label]}/{sub}/{s.name}.png" for k, sub in LAYER_FOLDERS.items()}
+        Image.fromarray(layers.image).save(folder / rel_image, format="PNG")
+        Image.fromarray(layers.mask.astype(np.uint8) * 255).save(folder / rel_mask, format="PNG")
+        Image.fromarray(_to_uint8(layers.evidence)).save(folder / rel["evidence"], format="PNG")
+        Image.fromarray(_to_uint8(layers.artefact)).save(folder / rel["artefact"], format="PNG")
+        Image.fromarray(layers.clean).save(folder / rel["clean"], format="PNG")
         src = config.source(s.source)
         index.append((rel_image, rel_mask, names[s.label], s.source))
         metadata.append(
@@ -745,6 +815,9 @@ def _write_folder(folder: Path, config: CXRConfig, masks: LungMasks) -> None:
                 int(s.border),
                 src.letter if s.letter else "",
                 masks.names[s.mask_index],
+                rel["evidence"],
+                rel["artefact"],
+                rel["clean"],
             )
         )
     _write_csv(folder / "index.csv", INDEX_COLUMNS, index)
@@ -822,6 +895,41 @@ def cxr_benchmark(config: CXRConfig | None = None, cache_dir: str | os.PathLike[
         raise TypeError(f"config must be a CXRConfig, got {type(config).__name__}")
     root = resolve_cache_dir(cache_dir) / f"cxr-{config.key()[:24]}"
     return make_cxr_folder(root, config, cache_dir=cache_dir)
+
+
+def load_cxr_annotations(
+    root: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]] | None = None
+) -> dict[str, np.ndarray]:
+    """The ground truth of benchmark images of the folder ``root``, as float32 arrays (N, size, size) in [0, 1]:
+    ``evidence`` (class evidence in units of the nominal strength, clipped at 1), ``artefact`` (the markers'
+    alpha) and ``clean`` (the image without markers). ``images``: image paths (relative to ``root`` as in
+    ``index.csv``, or absolute) in the order wanted; ``None``: every image in ``index.csv`` order.
+    """
+    root = Path(root)
+    path = root / "metadata.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = {r["image"]: r for r in csv.DictReader(f)}
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: not readable ({exc}); was {root} written by make_cxr_folder?") from None
+    if rows and "evidence" not in next(iter(rows.values())):
+        raise ValueError(f"{path} has no ground-truth columns (a folder of an older format); rebuild it")
+    if images is None:
+        wanted = list(rows)
+    else:
+        resolved = root.resolve()
+        wanted = []
+        for im in images:
+            p = Path(im)
+            wanted.append(p.resolve().relative_to(resolved).as_posix() if p.is_absolute() else p.as_posix())
+    missing = [w for w in wanted if w not in rows]
+    if missing:
+        raise KeyError(f"{len(missing)} image(s) not in {path}, e.g. {missing[0]!r}")
+    out: dict[str, np.ndarray] = {}
+    for key in LAYER_FOLDERS:
+        arrays = [np.asarray(Image.open(root / rows[w][key]).convert("L"), np.float32) / 255.0 for w in wanted]
+        out[key] = np.stack(arrays) if arrays else np.zeros((0, 0, 0), np.float32)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -92,13 +92,14 @@ def load_splits(s: StudySettings, cache_dir: str = "") -> dict[str, Any]:
 
     root = cxr_benchmark(_data_config(s), cache_dir or None)
     ds = MaskedImageFolder(csv=root / "index.csv", channels=1)
-    parts = split_by_source(ds, ["hospital_c"], val_fraction=0.0, seed=s.data_seed)
+    parts = split_by_source(ds, ["hospital_c", "hospital_d"], val_fraction=0.0, seed=s.data_seed)
     pool = parts["train"]  # every image of the training hospitals
     rest = 1.0 - s.test_fraction
     fractions = {"train": rest * (1 - s.val_fraction), "val": rest * s.val_fraction, "test_id": s.test_fraction}
     inner = split(pool, fractions, seed=s.data_seed)
     out: dict[str, Any] = {k: LabelledSubset(ds, [pool.indices[i] for i in v.indices]) for k, v in inner.items()}
-    out["external"] = parts["external"]
+    ext = parts["external"]
+    out["external"] = LabelledSubset(ds, [i for i in ext.indices if ds.sources[i] == "hospital_c"])
     return out
 
 
