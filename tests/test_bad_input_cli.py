@@ -191,6 +191,9 @@ def test_evaluate_reports_a_collapsed_model_as_undefined(tmp_path, capsys, train
         assert doc["selective"][split]["background_share"] is None
         assert doc["selective"][split]["background_share_undefined"] == doc["selective"][split]["n"]
     assert not any(isinstance(v, float) and math.isnan(v) for v in doc["selective"]["test_biased"].values())
+    for split in ("test_biased", "test_deceiving"):  # no relevance, no effect: undefined, not perfect
+        assert doc["selective"]["shortcut"][split]["artefact_shown"] is None
+        assert doc["selective"]["shortcut"][split]["tiling"] is None
 
 
 def test_explain_removes_stale_temporaries_of_its_own_files_on_resume(tmp_path, capsys, image_and_model):

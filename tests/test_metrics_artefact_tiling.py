@@ -185,3 +185,66 @@ def test_digits_artefact_masks_mark_the_squares(tmp_path) -> None:  # type: igno
     assert not artefact_masks(unbiased, cfg).any()
     with pytest.raises(InputError, match="canvas"):
         artefact_masks(biased, BiasedDigitsConfig(canvas=48))
+
+
+class _Reader(nn.Module):
+    """Logit k = mean of the pixels in region k (artefact squares, or the digit box for every class)."""
+
+    def __init__(self, regions: torch.Tensor) -> None:
+        super().__init__()
+        k = regions.shape[0]
+        w = regions.reshape(k, -1).float()
+        self.fc = nn.Linear(w.shape[1], k, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(w / w.sum(1, keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_shortcut_measures_tell_a_shortcut_from_a_digit_reader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A model reading only the artefact squares: the logit depends on them and the heatmap shows it
+    (shown ≈ 1, linear model); a model reading the digit box: no effect, shown undefined, and its in-mask
+    relevance follows the strokes (tiling < 1) since relevance = w ⊙ x is zero on black pixels."""
+    from relprop.data import BiasedDigitsConfig, artefact_positions, biased_digits
+    from relprop.isnet.evaluation import shortcut_measures
+
+    cfg = BiasedDigitsConfig(n_train=20, n_val=10, n_test=20)
+    s = biased_digits(cfg, cache_dir=tmp_path)
+    squares = torch.zeros(10, 1, 40, 40)
+    for k, (r, c) in enumerate(artefact_positions()):
+        squares[k, 0, r : r + 4, c : c + 4] = 1
+    shortcut = _Reader(squares)
+    box = s["test_biased"].masks[:1].expand(10, 1, 40, 40)
+    reader = _Reader(box + 0.0)
+    from relprop.data import artefact_masks
+
+    a = artefact_masks(s["test_biased"], cfg)
+    got = shortcut_measures(shortcut, s["test_biased"], s["test_unbiased"], a, progress=False)
+    assert got["artefact_affected"] == 1.0
+    assert got["artefact_shown"] == pytest.approx(1.0, abs=1e-3)
+    clean = shortcut_measures(reader, s["test_biased"], s["test_unbiased"], a, progress=False)
+    assert np.isnan(clean["artefact_shown"]) and clean["artefact_effect"] == pytest.approx(0.0, abs=1e-6)
+    assert clean["tiling"] < 0.2 and clean["evidence_share"] > 0.8
+    with pytest.raises(InputError, match="same images"):
+        shortcut_measures(reader, s["test_biased"], s["val"], a, progress=False)
+
+
+def test_relprop_evaluate_prints_and_writes_the_shortcut_measures(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from relprop.cli import main
+
+    run = tmp_path / "run"
+    train = ["--epochs", "1", "--n-train", "60", "--width", "4", "--batch-size", "32", "--quiet", "--threads", "1"]
+    assert main(["train", "--out", str(run), "--method", "plain", *train]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "artefact shown" in out and "mask tiling (deceiving)" in out
+    doc = json.loads((run / "evaluation.json").read_text())
+    sc = doc["plain"]["shortcut"]
+    for split in ("test_biased", "test_deceiving"):
+        assert set(sc[split]) >= {"artefact_shown", "artefact_effect", "tiling", "spread", "evidence_share"}
+        assert sc[split]["spread"] is None or 0.0 <= sc[split]["spread"] <= 1.0
+        assert sc[split]["evidence_share"] is None or 0.0 <= sc[split]["evidence_share"] <= 1.0

@@ -19,8 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=wrap(
             "Evaluate one or more run folders written by `relprop train` on the three test sets (biased: the "
             "training artefact-class pairing; unbiased: no artefact; deceiving: another class's artefact): "
-            "accuracy and the share of LRP relevance on the background, Σ_bg|R| / Σ|R|. Writes "
-            "evaluation.json and heatmaps.png."
+            "accuracy and the share of LRP relevance on the background, Σ_bg|R| / Σ|R|; and whether a shortcut "
+            "hides from the heatmap (artefact shown: relevance on the artefact / its counterfactual effect on the "
+            "logit, the same digit without it) and whether the heatmap tiles the mask (tiling: 0 = in-mask "
+            "relevance on the digit's strokes, 1 = spread as if they did not matter). Writes evaluation.json and "
+            "heatmaps.png."
         ),
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders written by `relprop train`")
@@ -61,6 +64,23 @@ def format_results(results: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+SHORTCUT_SPLITS = ("test_biased", "test_deceiving")  #: the splits with an artefact (counterfactual: test_unbiased)
+
+
+def format_shortcut(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The shortcut table: artefact shown on the biased and deceiving tests, tiling and spread on the deceiving
+    test ("undefined" where no image's logit depends on the artefact, or no relevance)."""
+    head = f"{'model':<14}{'artefact shown':>30}{'mask tiling (deceiving)':>28}"
+    sub = f"{'':<14}{'biased':>15}{'deceiving':>15}{'tiling':>14}{'spread':>14}"
+    lines = [head, sub]
+    for label, res in results.items():
+        sc = res["shortcut"]
+        cells = "".join(_cell(sc[s]["artefact_shown"], 15) for s in SHORTCUT_SPLITS)
+        cells += _cell(sc["test_deceiving"]["tiling"], 14) + _cell(sc["test_deceiving"]["spread"], 14)
+        lines.append(f"{label:<14}{cells}")
+    return "\n".join(lines)
+
+
 def _json_safe(value: Any) -> Any:
     """NaN (an undefined metric) as null: evaluation.json stays valid JSON."""
     if isinstance(value, float) and math.isnan(value):
@@ -77,10 +97,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     import torch.nn as nn
 
     from .._io import atomic_write_json
-    from ..data import BiasedDigitsConfig, biased_digits
+    from ..data import BiasedDigitsConfig, artefact_masks, biased_digits
     from ..errors import UsageError
     from ..isnet.checkpoints import remove_stale_temporaries
-    from ..isnet.evaluation import evaluate, heatmap_figure
+    from ..isnet.evaluation import evaluate, heatmap_figure, shortcut_measures
     from ..studies.demo import TEST_SPLITS
     from ._common import out_folder, warn
 
@@ -104,11 +124,18 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scores = evaluate(model, tests, progress=not args.quiet)
+            shortcut = {
+                s: shortcut_measures(model, splits[s], splits["test_unbiased"], artefact_masks(splits[s], cfg),
+                                     progress=not args.quiet)
+                for s in SHORTCUT_SPLITS
+            }  # fmt: skip
         for w in caught:
             warn(f"{label} ({run}): {w.message}")
-        results[label] = {"run": str(run), **scores}
+        results[label] = {"run": str(run), **scores, "shortcut": shortcut}
     assert data_cfg is not None
     print(format_results(results))
+    print()
+    print(format_shortcut(results))
     remove_stale_temporaries(out, [EVAL_FILE, "heatmaps.png"])  # of killed writes of an earlier evaluate
     atomic_write_json(out / EVAL_FILE, _json_safe(results), indent=2)
     splits = biased_digits(data_cfg)

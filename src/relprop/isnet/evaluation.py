@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 from ..composites import isnet as isnet_composite
 from ..errors import InputError
+from ..evaluation.artefact import ArtefactEffect, artefact_effect
 from ..evaluation.background import background_share
+from ..evaluation.tiling import MaskTiling, evidence_from_input, mask_tiling
 from ..explainer import Explainer
 from ..viz.heatmap import save_grid
 
@@ -77,6 +79,77 @@ def evaluate(
     return results
 
 
+def _len(dataset: Dataset, what: str) -> int:
+    if not isinstance(dataset, Sized):
+        raise InputError(f"{what} ({type(dataset).__name__}) has no len(): give a map-style data set")
+    return len(dataset)
+
+
+def shortcut_measures(
+    model: nn.Module,
+    with_artefact: Dataset,
+    without: Dataset,
+    artefact: Tensor,
+    *,
+    evidence: Tensor | None = None,
+    evidence_threshold: float = 0.5,
+    batch_size: int = 250,
+    low: float = 0.0,
+    high: float = 1.0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Whether a shortcut hides from the heatmap, and whether the heatmap tiles the mask.
+
+    ``with_artefact`` and ``without`` hold the same images, item by item, with and without the artefact
+    (``artefact``: bool (N, 1, H, W), where it is). With the ISNet rules' heatmaps of the predicted class on the
+    images with the artefact: :func:`relprop.evaluation.artefact_effect` (``artefact_shown``: Σ relevance on
+    the artefact / Σ its counterfactual effect on the logit, over the images whose logit it raises;
+    ``artefact_correlation``; ``artefact_effect``: the mean effect) and :func:`relprop.evaluation.mask_tiling`
+    inside the foreground mask (``tiling``, ``spread``, ``evidence_share``), the evidence being ``evidence``
+    (N, 1, H, W) or, by default, the pixels of the image without the artefact brighter than
+    ``evidence_threshold`` inside the mask (digit strokes). The model is evaluated in eval mode (restored after).
+    """
+    n, m = _len(with_artefact, "with_artefact"), _len(without, "without")
+    if m != n or artefact.shape[0] != n:
+        raise InputError(
+            f"with_artefact has {n} items, without {m} and artefact {artefact.shape[0]} masks: "
+            "give the same images with and without the artefact, and one artefact mask per image"
+        )
+    if evidence is not None and evidence.shape[0] != n:
+        raise InputError(f"evidence has {evidence.shape[0]} maps but the data sets have {n} images")
+    was_training = model.training
+    model.eval()
+    explainer = Explainer(model, isnet_composite(0.01, low, high))
+    effects, tilings = [], []
+    try:
+        pairs = zip(_batches(with_artefact, batch_size), _batches(without, batch_size), strict=True)
+        start = 0
+        for (x, mask, _), (x0, _, _) in tqdm(pairs, desc="shortcut measures", unit="batch", disable=not progress,
+                                             leave=False, total=-(-n // batch_size)):  # fmt: skip
+            stop = start + len(x)
+            e = explainer.explain(x, "predicted")
+            effects.append(artefact_effect(model, x, x0, artefact[start:stop], e.relevance,
+                                           target=e.logits.argmax(1)))
+            ev = evidence[start:stop] if evidence is not None else evidence_from_input(x0, mask, evidence_threshold)
+            tilings.append(mask_tiling(e.relevance, mask, ev))
+            start = stop
+    finally:
+        model.train(was_training)
+    def cat(parts: Sequence[object], field: str) -> Tensor:
+        return torch.cat([getattr(p, field) for p in parts])
+
+    effect = ArtefactEffect(cat(effects, "effect"), cat(effects, "relevance"), cat(effects, "logit"),
+                            cat(effects, "targets"))  # fmt: skip
+    tiling = MaskTiling(cat(tilings, "evidence_share"), cat(tilings, "area_share"), cat(tilings, "tiling"),
+                        cat(tilings, "spread"))  # fmt: skip
+    a, t = effect.summary(), tiling.summary()
+    return {
+        "artefact_shown": a["shown"], "artefact_correlation": a["correlation"], "artefact_effect": a["mean_effect"],
+        "artefact_relevance": a["mean_relevance"], "artefact_affected": a["affected"], "tiling": t["tiling"],
+        "spread": t["spread"], "evidence_share": t["evidence_share"], "tiling_undefined": t["tiling_undefined"],
+    }  # fmt: skip
+
+
 def heatmap_figure(
     models: Mapping[str, nn.Module],
     dataset: Dataset,
@@ -121,4 +194,4 @@ def heatmap_figure(
     return save_grid(path, list(x), heatmaps, row_titles=rows, title=title)
 
 
-__all__ = ["background_share", "evaluate", "heatmap_figure"]
+__all__ = ["background_share", "evaluate", "heatmap_figure", "shortcut_measures"]
