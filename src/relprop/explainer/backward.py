@@ -185,11 +185,12 @@ BACKWARD: dict[str, Callable[[Step, Rule | None, Any, PassContext], Edges]] = {
 
 def relevance_pass(
     graph: RelevanceGraph, plan: Plan, env: Env, seed: Tensor, x: Tensor, create_graph: bool,
-    alias: frozenset[Step] = frozenset(),
+    alias: frozenset[Step] = frozenset(), capture: dict[Step, Any] | None = None,
 ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
     """Relevance at the input for the output relevance ``seed``, and its per-sample log-scale (None unless the
     plan rescales). ``env`` (every step's forward value, the activations in ``alias`` keeping only their output)
-    is consumed."""
+    is consumed. ``capture``: steps whose output relevance (summed over their users) to record; each entry is
+    set to ``(R, log s)`` (log s None unless the plan rescales), or left None where no relevance arrives."""
     ctx = PassContext(graph, plan, env, create_graph, alias)
     store = RelevanceStore()
     branches = BranchShares(plan) if plan.forks else None
@@ -208,6 +209,8 @@ def relevance_pass(
         if log_s is not None and isinstance(r, Tensor) and step.kind == "linear":
             # before each weighted layer (where the magnitude changes), when it has drifted far from 1
             r, log_s = normalise(r, log_s, only_if_far=True, uniform=uniform)
+        if capture and step in capture:
+            capture[step] = (r, log_s)
         if step.kind == "input":
             result = (r, log_s)
             break

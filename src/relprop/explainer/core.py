@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -26,14 +26,16 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..composites import Composite, resolve
-from ..errors import InputError, ModelOutputError, RelpropError, WrappedModelError
+from ..errors import InputError, ModelOutputError, RelpropError, UsageError, WrappedModelError
 from ..graph import LINEAR_MODULES, LinearMap, RelevanceGraph, Step
 from ..graph.batchnorm import running_stats_kept
 from ..graph.linear_map import modified_cache
 from ..graph.tracer import SizeDependentTracingError
 from ..rules import Rule
 from .backward import relevance_pass
+from .layers import LayerIndex
 from .plan import Plan, make_plan
+from .rescale import normalise
 from .summary import summary
 from .targets import Target, output_relevance
 
@@ -57,6 +59,12 @@ class Explanation:
         log_scale: for composites that rescale relevance at every step (R-LRP), the per-sample natural
             log of the factor removed: the unscaled relevance is ``relevance * exp(log_scale)`` (which may
             overflow; ``relevance`` itself has max |R| = 1 per sample). None otherwise.
+        layers: the relevance at the output of each module named in ``explain(..., layers=[...])``, shaped like
+            that module's output: the relevance that arrives at that tensor in the backward pass (summed over the
+            steps that read it), differentiable like ``relevance`` with ``create_graph=True``. Empty unless asked.
+        layer_log_scale: for composites that rescale relevance (see ``log_scale``), each layer's own per-sample
+            log factor: the unscaled relevance is ``layers[name] * exp(layer_log_scale[name])`` (``layers[name]``
+            has max |R| = 1 per sample). Empty otherwise.
     """
 
     relevance: Tensor
@@ -64,6 +72,8 @@ class Explanation:
     targets: Tensor | None
     output_relevance: Tensor
     log_scale: Tensor | None = None
+    layers: dict[str, Tensor] = field(default_factory=dict)
+    layer_log_scale: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def conservation_error(self) -> Tensor:
@@ -244,7 +254,9 @@ class Explainer:
         """Relevance of ``x`` for ``target``, shaped like ``x``."""
         return self.explain(x, target, create_graph=create_graph).relevance
 
-    def explain(self, x: Tensor, target: Target = "predicted", *, create_graph: bool = False) -> Explanation:
+    def explain(
+        self, x: Tensor, target: Target = "predicted", *, create_graph: bool = False, layers: Sequence[str] = (),
+    ) -> Explanation:  # fmt: skip
         """Explain ``x`` with the default composite.
 
         Args:
@@ -254,11 +266,14 @@ class Explainer:
                 callable on the logits returning either of the tensor forms.
             create_graph: keep the computation graph so the relevance can be differentiated with
                 respect to the input and the model's parameters.
+            layers: names of submodules (as in ``model.named_modules()``) whose output relevance to return too,
+                in :attr:`Explanation.layers` (each module must be called once and return one tensor).
         """
         trace = self._ready(x)
+        hidden = trace.layer_steps(layers) if layers else None
         with torch.enable_grad() if create_graph else torch.no_grad(), running_stats_kept(self.model):
             env, logits = self._forward(trace, x, (trace.plan,))
-            return _pass(trace.graph, trace.plan, env, logits, x, target, create_graph, trace.plan.alias)
+            return _pass(trace.graph, trace.plan, env, logits, x, target, create_graph, trace.plan.alias, hidden)
 
     def forward(
         self, x: Tensor, *, composites: Iterable[CompositeLike] = (), create_graph: bool = False,
@@ -443,12 +458,16 @@ class ForwardPass:
         self._env = env
         self._alias = alias
 
-    def explain(self, target: Target = "predicted", *, composite: CompositeLike | None = None) -> Explanation:
+    def explain(
+        self, target: Target = "predicted", *, composite: CompositeLike | None = None, layers: Sequence[str] = (),
+    ) -> Explanation:  # fmt: skip
         """A relevance pass from ``target`` (any :class:`Explainer.explain` target; a float (B, C) tensor is the
         output relevance itself, e.g. computed from :attr:`logits`) with ``composite`` (default: the
-        explainer's). The forward pass is not repeated."""
+        explainer's). The forward pass is not repeated. ``layers``: submodule names whose output relevance to
+        return too (:attr:`Explanation.layers`, see :meth:`Explainer.explain`)."""
         ex = self.explainer
         plan = self._trace.plan_for(composite)
+        hidden = self._trace.layer_steps(layers) if layers else None
         if not self._alias <= plan.alias:
             raise ValueError(
                 f"composite {plan.composite.name!r} needs pre-activations that this forward pass did not keep; "
@@ -456,8 +475,9 @@ class ForwardPass:
             )
         with torch.enable_grad() if self.create_graph else torch.no_grad(), running_stats_kept(ex.model):
             return _pass(
-                self._trace.graph, plan, dict(self._env), self.logits, self.x, target, self.create_graph, self._alias
-            )
+                self._trace.graph, plan, dict(self._env), self.logits, self.x, target, self.create_graph, self._alias,
+                hidden,
+            )  # fmt: skip
 
     def relevance(self, target: Target = "predicted", *, composite: CompositeLike | None = None) -> Tensor:
         """``explain(target, composite=...).relevance``."""
@@ -466,13 +486,40 @@ class ForwardPass:
 
 def _pass(
     graph: RelevanceGraph, plan: Plan, env: dict[Any, Any], logits: Tensor, x: Tensor, target: Target,
-    create_graph: bool, alias: frozenset[Step],
+    create_graph: bool, alias: frozenset[Step], hidden: Mapping[str, Step] | None = None,
 ) -> Explanation:  # fmt: skip
     seed, targets = output_relevance(logits, target, plan.seed)
-    relevance, log_scale = relevance_pass(graph, plan, env, seed, x, create_graph, alias)
+    if not hidden:
+        relevance, log_scale = relevance_pass(graph, plan, env, seed, x, create_graph, alias)
+        return Explanation(relevance, logits if create_graph else logits.detach(), targets, seed, log_scale)
+    outputs: dict[Step, Tensor] = {}
+    for name, step in hidden.items():
+        value = env.get(step.node)
+        if not isinstance(value, Tensor):
+            raise UsageError(
+                f"module {name!r} returns {type(value).__name__}, not one tensor; hidden-layer relevance needs a "
+                "module whose output is a tensor: ask for a submodule that returns one"
+            )
+        outputs[step] = value
+    capture: dict[Step, Any] = dict.fromkeys(outputs)
+    relevance, log_scale = relevance_pass(graph, plan, env, seed, x, create_graph, alias, capture)
+    layers: dict[str, Tensor] = {}
+    layer_log_scale: dict[str, Tensor] = {}
+    batch = seed.shape[0]
+    for name, step in hidden.items():
+        got = capture[step]
+        if got is None:  # no relevance reaches this output (it is not on a path to the explained logits)
+            r = torch.zeros_like(outputs[step])
+            log_s = seed.new_zeros(batch, dtype=torch.float64) if plan.rescale else None
+        else:
+            r, log_s = got
+        if log_s is not None:
+            r, log_s = normalise(r, log_s, uniform=r.dim() == 0 or r.shape[0] != batch)
+            layer_log_scale[name] = log_s
+        layers[name] = r
     if not create_graph:
         logits = logits.detach()
-    return Explanation(relevance, logits, targets, seed, log_scale)
+    return Explanation(relevance, logits, targets, seed, log_scale, layers, layer_log_scale)
 
 
 def model_structure(model: nn.Module) -> tuple[Any, ...]:
@@ -499,6 +546,13 @@ class _Trace:
         self.plans: dict[Any, Plan] = {}
         self.plan: Plan = self.plan_for(composite)
         self.reaches_input = _reaches_input(self.graph)
+        self._layers: LayerIndex | None = None
+
+    def layer_steps(self, names: Sequence[str]) -> dict[str, Step]:
+        """The step whose output is each named module's output (for ``explain(..., layers=names)``)."""
+        if self._layers is None:
+            self._layers = LayerIndex(self.graph)
+        return self._layers.resolve(names)
 
     def plan_for(self, composite: CompositeLike | None) -> Plan:
         if composite is None:
