@@ -1,5 +1,6 @@
 """Explaining data sets: many image files through one explainer, in batches, with a manifest and resume
-(:mod:`.explain_folder`, used by ``relprop explain``)."""
+(:mod:`.explain_folder`, used by ``relprop explain``), in one process or several (:mod:`.distributed`, Lightning's
+ddp); :func:`explain_images` (:mod:`.runner`) chooses."""
 
 from .explain_folder import (
     MANIFEST,
@@ -10,12 +11,12 @@ from .explain_folder import (
     Manifest,
     Summary,
     collate_images,
-    explain_images,
     heatmap_paths,
     options_fingerprint,
 )
+from .runner import ACCELERATORS, explain_images
 
 __all__ = [
-    "MANIFEST", "SETTINGS", "ImageBatch", "ImageFiles", "Job", "Manifest", "Summary", "collate_images",
+    "ACCELERATORS", "MANIFEST", "SETTINGS", "ImageBatch", "ImageFiles", "Job", "Manifest", "Summary", "collate_images",
     "explain_images", "heatmap_paths", "options_fingerprint",
 ]  # fmt: skip

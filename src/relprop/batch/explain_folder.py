@@ -15,6 +15,17 @@ whose fingerprint differs from explain.json's are refused while the manifest hol
 new manifest (files of the earlier run that this one does not write, such as ``.npy`` files, are left). The first
 SIGINT/SIGTERM lets the current batch finish its writes, then the run stops; a second one aborts at once (atomic
 writes leave no partial file; at worst a torn manifest line).
+
+Several processes (``Job.devices`` > 1, ``Job.num_nodes`` > 1 or an accelerator other than the CPU) run through
+Lightning's predict loop with the ``ddp`` strategy (:mod:`.distributed`): the batches of the same grid that are not
+done yet are dealt out whole, in turn, to the processes (pending batch ``j`` to global rank ``j % world_size``), so
+every image is explained once and by the same computation as in one process. Process ``r`` appends its records to
+its own shard ``OUT/manifest-rank<r>.jsonl`` (no two writers share a file; a kill tears at most each shard's last
+line). Before any output is written, rank 0 folds the shards a killed earlier run left into ``manifest.jsonl`` and
+tells every process which images are done; at the end it folds this run's shards in and removes them. The resume
+reads ``manifest.jsonl`` and every shard (shard records are the newest), so a run stopped with any number of
+processes resumes with any other number. A signal in one process stops all of them after their current batch
+(through the flag file ``OUT/.explain-stop``).
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -46,6 +57,8 @@ from ..viz.heatmap import save_png, to_heatmap
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "explain.json"
+SHARD_PREFIX = "manifest-rank"  #: ``OUT/manifest-rank<r>.jsonl``: the records process ``r`` of a run wrote
+STOP_FLAG = ".explain-stop"  #: created in OUT when a process of a run with several received a stop signal
 Record = dict[str, Any]
 Stamp = dict[str, int]
 Item = tuple[int, np.ndarray | None, DataError | None, Stamp | None]
@@ -155,36 +168,87 @@ def _stamp(path: Path) -> Stamp | None:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def shard_path(out: Path, rank: int) -> Path:
+    """The manifest shard of global rank ``rank`` in ``out``."""
+    return out / f"{SHARD_PREFIX}{rank}.jsonl"
+
+
+def shard_paths(out: Path) -> list[Path]:
+    """The manifest shards in ``out``, by rank."""
+    found = []
+    for p in out.glob(f"{SHARD_PREFIX}*.jsonl"):
+        rank = p.name[len(SHARD_PREFIX) : -len(".jsonl")]
+        if rank.isdigit():
+            found.append((int(rank), p))
+    return [p for _, p in sorted(found)]
+
+
+def _complete_lines(f: BinaryIO) -> Iterator[bytes]:
+    for line in f:
+        if not line.endswith(b"\n"):
+            return  # torn by a kill during the append
+        yield line
+
+
+def _parse(line: bytes) -> Record | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("image"), str) else None
+
+
 @dataclass
 class Manifest:
-    """What ``manifest.jsonl`` records: the latest record per image, the image that last wrote each heatmap path,
-    and the byte length of its newline-terminated lines (anything after them is a torn line)."""
+    """What ``manifest.jsonl`` and the shards next to it record: the latest record per image, the image that last
+    wrote each heatmap path, the byte length of the manifest's newline-terminated lines (anything after them is a
+    torn line), and the shards' lines not yet folded into the manifest (``pending``, from the files ``shards``)."""
 
     path: Path
     records: dict[str, Record] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
     complete_bytes: int = 0
+    pending: list[bytes] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)
 
     @classmethod
-    def read(cls, path: Path) -> Manifest:
-        """Read ``path`` (missing: empty); lines that are not JSON objects with an ``image`` are ignored."""
+    def read(cls, path: Path, shards: bool = True) -> Manifest:
+        """Read ``path`` (missing: empty), then (``shards``) the shards in its folder, whose records are newer;
+        lines that are not JSON objects with an ``image`` are ignored. A shard line equal to the latest record of
+        its image (and owner of its heatmap) is already in the manifest (a fold killed before it removed the shard)
+        and is not pending again."""
         m = cls(path)
         try:
             f = open(path, "rb")
         except FileNotFoundError:
-            return m
-        with f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # torn by a kill during the append
-                m.complete_bytes += len(line)
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and isinstance(rec.get("image"), str):
-                    m.add(rec)
+            pass
+        else:
+            with f:
+                for line in _complete_lines(f):
+                    m.complete_bytes += len(line)
+                    rec = _parse(line)
+                    if rec is not None:
+                        m.add(rec)
+        for shard in shard_paths(path.parent) if shards else []:
+            m.shards.append(shard)
+            try:
+                f = open(shard, "rb")
+            except FileNotFoundError:
+                continue
+            with f:
+                for line in _complete_lines(f):
+                    rec = _parse(line)
+                    if rec is not None and not m._holds(rec):
+                        m.pending.append(line)
+                        m.add(rec)
         return m
+
+    def _holds(self, rec: Record) -> bool:
+        """``rec`` is the latest record of its image and its heatmap's owner (appending it changes nothing)."""
+        heatmap = rec.get("heatmap")
+        return self.records.get(rec["image"]) == rec and (
+            not isinstance(heatmap, str) or self.owners.get(heatmap) == rec["image"]
+        )
 
     def add(self, rec: Record) -> None:
         self.records[rec["image"]] = rec
@@ -195,6 +259,26 @@ class Manifest:
         self.records.clear()
         self.owners.clear()
         self.complete_bytes = 0
+        self.pending.clear()
+
+    def fold(self, fresh: bool = False) -> None:
+        """Make ``manifest.jsonl`` the whole record: drop its torn last line, append the pending shard lines (with
+        ``fresh``: empty it instead), make that durable, then delete the shards. A kill in between leaves a state
+        :meth:`read` reads the same way (appended lines equal to a shard's are not appended twice)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "r+b" if self.path.exists() else "wb") as f:
+            f.truncate(0 if fresh else self.complete_bytes)
+            f.seek(0 if fresh else self.complete_bytes)
+            if not fresh:
+                for line in self.pending:
+                    f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+            self.complete_bytes = f.tell()
+        self.pending.clear()
+        for shard in shard_paths(self.path.parent):
+            shard.unlink(missing_ok=True)
+        self.shards.clear()
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
@@ -203,7 +287,11 @@ class Job:
     """One ``relprop explain`` run: ``images`` and their heatmap paths ``outputs`` (inside ``out``), the
     explainer and the input preprocessing (``load_image`` at ``size`` with ``channels``, then ``(x - mean) / std``).
     ``on_unreadable(path, message)`` is called for each unreadable file as it is found (the command line prints
-    it); ``raise_unreadable`` raises its :class:`~relprop.errors.DataError` instead (a single input file)."""
+    it); ``raise_unreadable`` raises its :class:`~relprop.errors.DataError` instead (a single input file).
+
+    ``devices`` processes per node on ``accelerator`` (``"cpu"``, ``"gpu"``/``"cuda"``, ``"mps"`` or ``"auto"``:
+    a GPU if one is visible), on ``num_nodes`` machines: anything but one process on the CPU runs through
+    Lightning's predict loop with the ``ddp`` strategy (see the module docstring)."""
 
     images: list[Path]
     outputs: list[Path]
@@ -223,13 +311,18 @@ class Job:
     progress: bool = True
     raise_unreadable: bool = False
     on_unreadable: Callable[[Path, str], None] | None = None
+    devices: int = 1
+    accelerator: str = "cpu"
+    num_nodes: int = 1
 
 
 @dataclass
 class Summary:
     """What a run did: ``written`` images explained now, ``skipped`` explained by an earlier run, ``unreadable``
     files found now, ``unreadable_before`` recorded by an earlier run and unchanged, ``done`` images recorded in
-    all, and the signal that stopped it early (None: it went through)."""
+    all, and the signal that stopped it early (None: it went through). With several processes every process gets
+    the summary of all of them; ``rank`` is the global rank of the process (0 in the one that reports), of
+    ``processes``."""
 
     total: int
     written: int = 0
@@ -238,25 +331,37 @@ class Summary:
     unreadable_before: int = 0
     done: int = 0
     interrupted: str | None = None
+    rank: int = 0
+    processes: int = 1
 
 
 class _StopOnSignal:
-    """While active (main thread only), the first SIGINT/SIGTERM just records its name; a second one raises
-    :class:`KeyboardInterrupt`."""
+    """While active (main thread only), the first SIGINT/SIGTERM records its name (and calls ``on_first``); a
+    second one sets ``aborted`` and raises :class:`KeyboardInterrupt`."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
         self.name: str | None = None
+        self.aborted = False
+        self.on_first = on_first
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.name is not None:
+            self.aborted = True
             raise KeyboardInterrupt
         self.name = signal.Signals(signum).name
+        if self.on_first is not None:
+            self.on_first()
 
-    def __enter__(self) -> _StopOnSignal:
+    def install(self) -> None:
+        """(Again) make this the handler of SIGINT and SIGTERM; the first call remembers the previous ones."""
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+                previous = signal.signal(signum, self._handle)
+                self._previous.setdefault(signum, previous)
+
+    def __enter__(self) -> _StopOnSignal:
+        self.install()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -281,8 +386,13 @@ def _difference(old: Record | None, new: Record) -> str:
 
 
 class _Run:
-    def __init__(self, job: Job) -> None:
-        self.job = job
+    """The state of one run in one process: the images' keys and heatmap paths, what the manifest (and shards)
+    record, which images are done, and the file this process appends its records to (the manifest; with several
+    processes its own shard)."""
+
+    def __init__(self, job: Job, rank: int = 0, world: int = 1) -> None:
+        self.job, self.rank, self.world = job, rank, world
+        self.device: torch.device | None = None  # where the model runs (None: where the explainer's model is)
         self.keys = [str(p.resolve()) for p in job.images]
         self.heatmaps = [d.relative_to(job.out).as_posix() for d in job.outputs]
         self.manifest = Manifest.read(job.out / MANIFEST)
@@ -296,8 +406,10 @@ class _Run:
             )
         if self.fresh:
             self.manifest.clear()
-        self.summary = Summary(len(job.images))
+        self.summary = Summary(len(job.images), rank=rank, processes=world)
         self.done = [self._recorded(i) for i in range(len(job.images))]
+        self.recorded: list[int] = []  # images this process recorded (explained or found unreadable)
+        self.prepared = False
         self._file: BinaryIO | None = None
 
     def _previous_fingerprint(self) -> Record | None:
@@ -328,20 +440,43 @@ class _Run:
         self.summary.skipped += ok
         return ok
 
+    def grid(self) -> list[list[int]]:
+        """The batches (image indices) of the fixed grid that hold an image not done yet."""
+        n, size = len(self.job.images), self.job.batch_size
+        batches = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+        return [b for b in batches if not all(self.done[i] for i in b)]
+
+    def prepare(self) -> None:
+        """Before the first output of this run is written (in one process, rank 0): remove temporaries of killed
+        writes and a stale stop flag; a fresh run writes explain.json and empties the manifest (so no earlier
+        record can vouch for a new file); a resumed run drops a torn last line and folds in the shards of an
+        earlier run with several processes."""
+        self.job.out.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries()
+        (self.job.out / STOP_FLAG).unlink(missing_ok=True)
+        self.manifest.fold(fresh=self.fresh)
+        if self.fresh:
+            atomic_write_json(self.settings_path, {"fingerprint": self.job.fingerprint, "relprop": __version__})
+        self.prepared = True
+
     def _open(self) -> BinaryIO:
-        """The manifest, open for appending. Before the first output of this run is written, a fresh run writes
-        explain.json and empties the manifest (so no earlier record can vouch for a new file); a resumed run drops
-        a torn last line."""
+        """The file this process appends its records to: the manifest in one process (prepared first), its shard
+        (new; rank 0 prepared OUT) with several."""
         if self._file is None:
-            self.job.out.mkdir(parents=True, exist_ok=True)
-            self._remove_stale_temporaries()
-            self._file = open(self.manifest.path, "r+b" if self.manifest.path.exists() else "wb")
-            self._file.truncate(self.manifest.complete_bytes)
-            self._file.seek(self.manifest.complete_bytes)
-            os.fsync(self._file.fileno())
-            if self.fresh:
-                atomic_write_json(self.settings_path, {"fingerprint": self.job.fingerprint, "relprop": __version__})
+            if self.world == 1:
+                if not self.prepared:
+                    self.prepare()
+                self._file = open(self.manifest.path, "r+b")
+                self._file.seek(self.manifest.complete_bytes)
+            else:
+                self._file = open(shard_path(self.job.out, self.rank), "wb")
+                os.fsync(self._file.fileno())
         return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def _remove_stale_temporaries(self) -> None:
         """Temporaries that killed atomic writes of this run's files left (``.NAME.XXXXXXXX.tmp``)."""
@@ -354,7 +489,9 @@ class _Run:
         for folder, wanted in names.items():
             remove_stale_temporaries(folder, wanted)
 
-    def _explain_batch(self, batch: ImageBatch, bar: tqdm) -> None:
+    def explain_batch(self, batch: ImageBatch) -> int:
+        """Explain one batch, write the outputs of its images not done yet, then append and flush their records;
+        returns how many images it recorded."""
         job, new = self.job, dict[int, Record]()
         for i, error in batch.errors:
             if self.done[i]:
@@ -368,7 +505,8 @@ class _Run:
             new[i] = {"image": self.keys[i], "status": "unreadable", "error": message}
         pixels = batch.pixels if batch.pixels is not None else torch.empty(0)
         if batch.pixels is not None:
-            explanation = job.explainer.explain((batch.pixels - job.mean) / job.std, job.target)
+            x = (batch.pixels - job.mean) / job.std
+            explanation = job.explainer.explain(x if self.device is None else x.to(self.device), job.target)
             relevance = explanation.relevance.detach().float().cpu()
             predicted = explanation.logits.argmax(1).tolist()
             targets = explanation.targets.tolist() if explanation.targets is not None else predicted
@@ -397,57 +535,68 @@ class _Run:
             lines.write(json.dumps(new[i]).encode("utf-8") + b"\n")
             self.manifest.add(new[i])
             self.done[i] = True
+            self.recorded.append(i)
         lines.flush()
         os.fsync(lines.fileno())
+        return len(new)
 
-    def run(self) -> Summary:
-        job, n, size = self.job, len(self.job.images), self.job.batch_size
-        grid = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
-        loader = DataLoader(
-            ImageFiles(job.images, job.size, job.channels),
-            batch_sampler=[b for b in grid if not all(self.done[i] for i in b)],
-            num_workers=job.workers,
+    def loader(self, batches: Sequence[list[int]], stop: Callable[[], bool] | None = None) -> DataLoader:
+        """A DataLoader of ``batches`` (``stop()`` true: no further batch is started)."""
+        return DataLoader(
+            ImageFiles(self.job.images, self.job.size, self.job.channels),
+            batch_sampler=_Batches(batches, stop),
+            num_workers=self.job.workers,
             collate_fn=collate_images,
             worker_init_fn=_ignore_stop_signals,
         )
-        bar = tqdm(
-            total=n, initial=sum(self.done), desc="explaining", unit="img", leave=False, dynamic_ncols=True,
-            disable=not job.progress,
+
+    def progress_bar(self) -> tqdm:
+        return tqdm(
+            total=len(self.done), initial=sum(self.done), desc="explaining", unit="img", leave=False,
+            dynamic_ncols=True, disable=not self.job.progress or self.rank != 0,
         )  # fmt: skip
+
+    def run(self) -> Summary:
+        """Explain every pending batch in this one process."""
+        bar = self.progress_bar()
         try:
             with _StopOnSignal() as stop:
-                for batch in loader:
-                    pending = sum(not self.done[i] for i in batch.indices + [i for i, _ in batch.errors])
-                    self._explain_batch(batch, bar)
-                    bar.update(pending)
+                for batch in self.loader(self.grid()):
+                    bar.update(self.explain_batch(batch))
                     if stop.name is not None:
                         break
         finally:
             bar.close()
-            if self._file is not None:
-                self._file.close()
+            self.close()
         self.summary.done = sum(self.done)
         if self.summary.done < len(self.done):
             self.summary.interrupted = stop.name
         return self.summary
 
 
-def explain_images(job: Job) -> Summary:
-    """Explain ``job.images`` in batches, writing each batch's outputs and manifest lines as it finishes and
-    skipping images an earlier run in ``job.out`` recorded (see the module docstring).
+class _Batches:
+    """A batch sampler over fixed batches that starts no further batch once ``stop()`` is true."""
 
-    Raises:
-        UsageError: ``job.out`` holds results of other options (and not ``job.overwrite``), or is a file.
-        DataError: an unreadable image with ``job.raise_unreadable``.
-    """
-    if job.batch_size < 1 or job.workers < 0:
-        raise UsageError(f"--batch-size {job.batch_size} must be at least 1 and --workers {job.workers} at least 0")
-    if job.out.exists() and not job.out.is_dir():
-        raise UsageError(f"--out {job.out} is an existing file, not a folder: pass a folder (it is created if missing)")
+    def __init__(self, batches: Sequence[list[int]], stop: Callable[[], bool] | None = None) -> None:
+        self.batches, self.stop = list(batches), stop
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in self.batches:
+            if self.stop is not None and self.stop():
+                return
+            yield b
+
+
+def explain_one_process(job: Job) -> Summary:
+    """Explain ``job`` in this process (:func:`relprop.batch.explain_images` checks the job and chooses this or
+    several processes)."""
     return _Run(job).run()
 
 
 __all__ = [
-    "MANIFEST", "SETTINGS", "ImageBatch", "ImageFiles", "Job", "Manifest", "Summary", "collate_images",
-    "explain_images", "heatmap_paths", "options_fingerprint",
+    "MANIFEST", "SETTINGS", "SHARD_PREFIX", "STOP_FLAG", "ImageBatch", "ImageFiles", "Job", "Manifest", "Summary",
+    "collate_images", "explain_one_process", "heatmap_paths", "options_fingerprint", "shard_path", "shard_paths",
 ]  # fmt: skip

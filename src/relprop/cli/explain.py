@@ -31,13 +31,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "OUT/explain.json. Running the same command again resumes: images whose outputs are recorded and "
             "present are skipped, and unreadable images are not retried until the file changes. Other options "
             "on the same OUT are an error (--overwrite redoes everything). Ctrl-C or SIGTERM finishes the "
-            "current batch's writes and exits with status 130."
+            "current batch's writes and exits with status 130. --devices N runs N processes (one per GPU with "
+            "--accelerator gpu, or N CPU processes) through Lightning's predict loop (strategy ddp; needs pip "
+            "install 'relprop[train]'): the batches are dealt out whole, each image is explained once, and the "
+            "files are the same as one process writes; each process appends to its own "
+            "OUT/manifest-rank<r>.jsonl, folded into OUT/manifest.jsonl at the end. A run stopped with any "
+            "number of processes resumes with any other."
         ),
         epilog=(
             "Examples:\n"
             "  relprop explain photos/ --model resnet50 --weights resnet50.pth --out heatmaps\n"
             "  relprop explain digit.png --model lenet5 --target 3\n"
-            "  relprop explain cat.jpg --model my_model.pt --composite epsilon_gamma_box --overlay\n\n"
+            "  relprop explain cat.jpg --model my_model.pt --composite epsilon_gamma_box --overlay\n"
+            "  relprop explain photos/ --model resnet50 --weights resnet50.pth --accelerator gpu --devices 4\n"
+            "  relprop explain photos/ --model my_model.pt --devices 2          # 2 CPU processes\n"
+            "  (on several machines: the same command on each, with --num-nodes M and MASTER_ADDR,\n"
+            "  MASTER_PORT, NODE_RANK set, or under SLURM's srun; OUT on a shared file system)\n\n"
             "Security: a full model file is unpickled (torch.load with weights_only=False) and can run "
             "code;\nonly load files you trust. A state_dict given with --weights is loaded safely.\n\n"
             "Exit status: 0 success; 2 usage error or bad input (unreadable images in a folder are reported\n"
@@ -110,6 +119,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also write the raw relevance as OUT/<name>_relevance.npy (float32, shape C×H×W)",
     )
     ex.add_argument("--overwrite", action="store_true", help="explain every image again, discarding what OUT recorded")
+    ex.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes per machine (default 1): N GPUs with --accelerator gpu, N CPU processes with --accelerator "
+        "cpu; more than 1 runs Lightning's predict loop with strategy ddp (pip install 'relprop[train]')",
+    )
+    ex.add_argument(
+        "--accelerator",
+        choices=("cpu", "gpu", "auto"),
+        default="cpu",
+        help="where the model runs (default cpu); gpu: one CUDA GPU per process; auto: gpu if one is visible",
+    )
+    ex.add_argument(
+        "--num-nodes",
+        type=int,
+        default=1,
+        metavar="M",
+        help="machines (default 1), each running the same command with --devices N processes (Lightning's "
+        "cluster environments: SLURM, or MASTER_ADDR/MASTER_PORT/NODE_RANK set by hand); OUT must be shared",
+    )
     ex.set_defaults(run=run)
 
 
@@ -156,6 +187,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.workers < 0:
         raise UsageError(f"--workers {args.workers}: must be at least 0")
+    if args.devices < 1:
+        raise UsageError(
+            f"--devices {args.devices}: must be at least 1 (processes per machine: GPUs with --accelerator gpu, "
+            "CPU processes with --accelerator cpu)"
+        )
+    if args.num_nodes < 1:
+        raise UsageError(f"--num-nodes {args.num_nodes}: must be at least 1 (the number of machines)")
     target: int | str = args.target
     if args.target != "predicted":
         try:
@@ -211,8 +249,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         progress=root is not None,
         raise_unreadable=root is None,  # a single file: its error is the command's error
         on_unreadable=lambda path, message: warn(f"{message} (not explained)"),
+        devices=args.devices,
+        accelerator=args.accelerator,
+        num_nodes=args.num_nodes,
     )
     done = explain_images(job)
+    if done.rank != 0:
+        return 0  # another process of a run with several: rank 0 reports (a non-zero status would end it)
     if done.interrupted:
         raise KeyboardInterrupt(
             f"{done.interrupted} received; {done.done} of {done.total} images done; run the same command again "
