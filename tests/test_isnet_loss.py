@@ -14,11 +14,13 @@ from relprop.errors import InputError
 from relprop.isnet import (
     HeatmapLossConfig,
     background_loss,
+    deep_supervision_loss,
     foreground_loss,
     gwrp,
     heatmap_loss,
     isnet_loss,
     prepare_mask,
+    relevance_totals,
     tune_c1_c2,
 )
 
@@ -53,7 +55,7 @@ def test_hand_computed_terms() -> None:
 
 
 def _reference(H: np.ndarray, M: np.ndarray, cfg: HeatmapLossConfig) -> float:
-    """Literal loops over the spec's formulas (float64)."""
+    """Literal loops over the spec's formulas (float64; the 'hybrid' or 'l2' foreground term)."""
     B, K, C, h, w = H.shape
     per_image = []
     for b in range(B):
@@ -71,7 +73,12 @@ def _reference(H: np.ndarray, M: np.ndarray, cfg: HeatmapLossConfig) -> float:
                 bg_terms.append(math.log(1 + g / cfg.E))
             F = fg_sum
             lows.append((max(0.0, cfg.C1 - F) / cfg.C1) ** 2)
-            highs.append((max(0.0, F - cfg.C2) / cfg.C1) ** 2 if F <= cfg.C1 + cfg.C2 else (F - cfg.C1 - cfg.C2) + 1)
+            if cfg.foreground == "l2":  # (max(r, C2/C1) - C2/C1)^2 with r = F / C1
+                highs.append((max(F / cfg.C1, cfg.C2 / cfg.C1) - cfg.C2 / cfg.C1) ** 2)
+            elif F <= cfg.C1 + cfg.C2:
+                highs.append((max(0.0, F - cfg.C2) / cfg.C1) ** 2)
+            else:
+                highs.append((F - cfg.C1 - cfg.C2) + 1)
         per_image.append(cfg.A * np.mean(bg_terms) + cfg.B * (np.mean(lows) + np.mean(highs)))
     return float(np.mean(per_image))
 
@@ -128,3 +135,156 @@ def test_tune_c1_c2() -> None:
     c1, c2 = tune_c1_c2(totals)
     assert c1 == pytest.approx(max(mu / 5, mu - 3 * sigma))
     assert c2 == pytest.approx(min(25 * c1, mu + 3 * sigma))
+
+
+# --- the authors' forms: 'l2' foreground, the saturation guard, LRP deep supervision --------------------------------
+
+
+def _l2_foreground_reference(H: torch.Tensor, M: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
+    """The 'L2' foreground term as the spec writes it, in float64 with plain tensor ops (per image, (B,))."""
+    F_ = (H.abs() * M[:, None, None]).sum((2, 3, 4))  # (B, K): Σ|H|·M per map
+    r = F_ / c1
+    one = torch.ones_like(r)
+    low = (torch.minimum(r, one) - 1) ** 2
+    high = (torch.maximum(r, one * (c2 / c1)) - c2 / c1) ** 2
+    return low.mean(1) + high.mean(1)
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 40.0])  # F below C1, inside [C1, C2], above C2
+def test_l2_foreground_values_and_gradients_match_the_formula(scale: float) -> None:
+    g = torch.Generator().manual_seed(int(scale * 100))
+    H = (torch.randn(4, 3, 2, 5, 5, generator=g, dtype=D) * scale).requires_grad_(True)
+    M = (torch.rand(4, 5, 5, generator=g) > 0.4).double()
+    cfg = HeatmapLossConfig(C1=2.0, C2=9.0, foreground="l2")
+    ours = foreground_loss(H, M, cfg)
+    ref = _l2_foreground_reference(H, M, 2.0, 9.0)
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=0)
+    (g_ours,) = torch.autograd.grad(ours.sum(), H)
+    (g_ref,) = torch.autograd.grad(ref.sum(), H)
+    assert torch.allclose(g_ours, g_ref, rtol=1e-12, atol=1e-15)
+    assert bool((ref > 0).any()) or scale == 1.0  # the range of F each case is meant to probe is reached
+
+
+def test_l2_and_hybrid_differ_only_beyond_c1_plus_c2() -> None:
+    H = torch.zeros(3, 1, 1, 2, 2, dtype=D)
+    H[:, 0, 0, 0, 0] = torch.tensor([0.5, 8.0, 30.0], dtype=D)  # F: below C1, in (C2, C1+C2], beyond C1+C2
+    M = torch.ones(3, 2, 2)
+    l2 = foreground_loss(H, M, HeatmapLossConfig(C1=2.0, C2=7.0, foreground="l2"))
+    hybrid = foreground_loss(H, M, HeatmapLossConfig(C1=2.0, C2=7.0, foreground="hybrid"))
+    assert l2[:2].tolist() == pytest.approx(hybrid[:2].tolist())
+    assert float(l2[2]) == pytest.approx(((30.0 - 7.0) / 2.0) ** 2)
+    assert float(hybrid[2]) == pytest.approx(30.0 - 2.0 - 7.0 + 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_guard_caps_the_background_term_with_zero_gradient(dtype: torch.dtype) -> None:
+    # foreground holds almost no relevance: the normalised background is enormous
+    H = torch.zeros(2, 1, 1, 4, 4, dtype=dtype)
+    H[:, 0, 0, 0, 0] = 1e-9  # foreground pixel
+    H[:, 0, 0, 3, 3] = torch.tensor([5.0, 50.0], dtype=dtype)  # background pixel
+    H.requires_grad_(True)
+    M = torch.zeros(2, 4, 4)
+    M[:, 0, 0] = 1
+    cfg = HeatmapLossConfig(d=0.0, guard=True)
+    lb = background_loss(H, M, cfg)
+    cap = -math.log(1 - float(torch.tensor(1 - 1e-7, dtype=dtype)))  # −log(1 − fl(1 − 1e-7))
+    assert lb.tolist() == pytest.approx([cap, cap], rel=1e-5)
+    assert cap == pytest.approx(15.94 if dtype == torch.float32 else 16.118, abs=0.01)
+    (grad,) = torch.autograd.grad(lb.sum(), H)
+    assert bool((grad == 0).all())
+    unguarded = background_loss(H, M, HeatmapLossConfig(d=0.0))
+    assert bool((unguarded > cap).all())  # log(1 + x/E) keeps growing
+    (grad_u,) = torch.autograd.grad(unguarded.sum(), H)
+    assert bool((grad_u != 0).any())
+
+
+def test_guard_equals_log1p_below_the_cap() -> None:
+    g = torch.Generator().manual_seed(3)
+    H = torch.randn(3, 2, 2, 4, 4, generator=g, dtype=D)
+    M = (torch.rand(3, 4, 4, generator=g) > 0.5).long()
+    a = heatmap_loss(H, M, HeatmapLossConfig(d=0.8, E=0.7))
+    b = heatmap_loss(H, M, HeatmapLossConfig(d=0.8, E=0.7, guard=True))
+    assert float(a) == pytest.approx(float(b), rel=1e-10)
+
+
+def test_new_loss_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="foreground='L1'.*hybrid, l2"):
+        HeatmapLossConfig(foreground="L1")
+    with pytest.raises(ValueError, match="guard"):
+        HeatmapLossConfig(guard=1)  # type: ignore[arg-type]
+
+
+def _layer_loss_reference(H: torch.Tensor, M: torch.Tensor, cfg: HeatmapLossConfig) -> float:
+    """Batch mean of A·L_bg + B·L_fg, from the spec's formulas in float64 (M: (B, h, w) already resized)."""
+    return _reference(H.numpy(), M.numpy(), cfg)
+
+
+def _any_pixel_resize(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A cell is foreground if any pixel of its adaptive window [floor(i·H/h), ceil((i+1)·H/h)) is."""
+    B, H, W = mask.shape
+    out = torch.zeros(B, h, w, dtype=D)
+    for i in range(h):
+        for j in range(w):
+            r0, r1 = (i * H) // h, -((-(i + 1) * H) // h)
+            c0, c1 = (j * W) // w, -((-(j + 1) * W) // w)
+            out[:, i, j] = (mask[:, r0:r1, c0:c1].flatten(1) > 0).any(1).double()
+    return out
+
+
+def test_deep_supervision_is_a_descending_gwrp_over_the_layer_losses() -> None:
+    g = torch.Generator().manual_seed(7)
+    mask = torch.zeros(2, 12, 12)
+    mask[:, 3:9, 2:10] = 1
+    mask[1, 0, 0] = 1
+    maps = {
+        "input": torch.randn(2, 1, 1, 12, 12, generator=g, dtype=D),
+        "block1": torch.randn(2, 1, 4, 6, 6, generator=g, dtype=D) * 3,
+        "block2": torch.randn(2, 1, 8, 5, 5, generator=g, dtype=D) * 0.2,  # 12 -> 5: not a multiple
+    }
+    configs = {
+        "input": HeatmapLossConfig(d=0.9, C1=1.0, C2=25.0),
+        "block1": HeatmapLossConfig(d=0.9, C1=4.0, C2=30.0, foreground="l2"),
+        "block2": HeatmapLossConfig(d=0.9, C1=0.5, C2=3.0),
+    }
+    per_layer = []
+    for name, H in maps.items():
+        h, w = H.shape[-2:]
+        per_layer.append(_layer_loss_reference(H, _any_pixel_resize(mask, h, w), configs[name]))
+    values = sorted(per_layer, reverse=True)
+    for d_layers in (0.8, 0.3, 1.0):
+        weights = [d_layers**j for j in range(len(values))]
+        expected = sum(v * wt for v, wt in zip(values, weights)) / sum(weights)
+        got = deep_supervision_loss(maps, mask, configs, d_layers=d_layers)
+        assert float(got) == pytest.approx(expected, rel=1e-12)
+    assert len(set(per_layer)) == 3 and per_layer != values  # the order matters: the test sees the sorting
+    # isnet_loss with hidden= is the same aggregation, with the input map under the loss config
+    logits, labels = torch.tensor([[0.2, 1.0], [1.5, -0.3]], dtype=D), torch.tensor([1, 0])
+    total, ce, lh = isnet_loss(
+        logits, labels, maps["input"], mask, P=0.6, config=configs["input"],
+        hidden={k: maps[k] for k in ("block1", "block2")}, hidden_config=configs, d_layers=0.8,
+    )  # fmt: skip
+    assert float(lh) == pytest.approx(float(deep_supervision_loss(maps, mask, configs, 0.8)), rel=1e-12)
+    assert float(total) == pytest.approx(0.4 * float(ce) + 0.6 * float(lh), rel=1e-12)
+
+
+def test_deep_supervision_with_one_layer_is_the_heatmap_loss_and_errors() -> None:
+    g = torch.Generator().manual_seed(8)
+    H = torch.randn(2, 1, 2, 4, 4, generator=g, dtype=D)
+    mask = torch.zeros(2, 4, 4)
+    mask[:, 1:3, 1:3] = 1
+    assert float(deep_supervision_loss({"x": H}, mask)) == pytest.approx(float(heatmap_loss(H, mask)), rel=1e-12)
+    with pytest.raises(InputError, match="no HeatmapLossConfig for layer 'x'"):
+        deep_supervision_loss({"x": H}, mask, {"y": HeatmapLossConfig()})
+    with pytest.raises(ValueError, match="d_layers=1.5"):
+        deep_supervision_loss({"x": H}, mask, d_layers=1.5)
+
+
+def test_relevance_totals_whole_map_and_foreground() -> None:
+    H = torch.zeros(2, 2, 1, 2, 2, dtype=D)
+    H[0, 0, 0] = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
+    H[0, 1, 0] = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
+    H[1, :, 0, 1, 1] = -5.0
+    mask = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 1]]])
+    assert relevance_totals(H).tolist() == [(6.0 + 4.0) / 2, 5.0]
+    assert relevance_totals(H, mask).tolist() == [(1.0 + 4.0) / 2, 5.0]
+    assert relevance_totals(H, variant="dual").tolist() == [6.0, 5.0]  # the ε maps (first half of K)

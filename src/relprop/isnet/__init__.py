@@ -18,11 +18,13 @@ from .config import METHODS, TrainConfig, p_at
 from .loss import (
     HeatmapLossConfig,
     background_loss,
+    deep_supervision_loss,
     foreground_loss,
     gwrp,
     heatmap_loss,
     isnet_loss,
     prepare_mask,
+    relevance_totals,
     tune_c1_c2,
 )
 from .sampling import EpochSampler
@@ -36,7 +38,8 @@ if TYPE_CHECKING:  # imported on first use (__getattr__): module and fitting nee
 
 __all__ = [
     "HeatmapLossConfig", "background_loss", "foreground_loss", "gwrp", "heatmap_loss", "isnet_loss",
-    "prepare_mask", "tune_c1_c2", "VARIANTS", "ISNetMaps", "log_odds_gradient", "maps_per_image", "rrr_penalty",
+    "deep_supervision_loss", "relevance_totals", "prepare_mask", "tune_c1_c2", "VARIANTS", "ISNetMaps",
+    "log_odds_gradient", "maps_per_image", "rrr_penalty",
     "stochastic_classes", "TrainConfig", "ISNetModule", "TrainResult", "TrainingInterrupted", "fit", "isnet_step",
     "load_checkpoint", "METHODS", "p_at", "EpochSampler", "CHECKPOINT_NAME", "BEST_NAME", "METRICS_NAME",
     "evaluate", "background_share", "heatmap_figure",

@@ -9,10 +9,22 @@ For heatmaps H of shape (B, K, C, h, w) (K maps per image) and a binary foregrou
 4. GWRP (global weighted rank pooling) per map and channel: values sorted in descending order,
    the i-th weighted by dⁱ, divided by Σᵢ dⁱ. d = 0 is max pooling, d = 1 the mean.
 5. L_bg = log(1 + GWRP / E), averaged over channels and maps.
-6. With F = Σ|H|·M per map (raw foreground total): L_lo = (max(0, C1 − F) / C1)²,
-   L_hi = (max(0, F − C2) / C1)² if F ≤ C1 + C2 else (F − C1 − C2) + 1 ("hybrid", branch chosen on F
-   detached); L_fg = mean_k L_lo + mean_k L_hi.
+   With ``guard=True`` (the authors' numerical guard) it is computed as −log(1 − min(s, 1 − 1e-7)) with
+   s = GWRP / (GWRP + E), the same value until it saturates at −log(1 − fl(1 − 1e-7)) (≈ 15.94 in float32,
+   16.12 in float64), where its gradient is zero.
+6. With F = Σ|H|·M per map (raw foreground total) and r = F / C1:
+   ``foreground="hybrid"`` (the Faster ISNet's Lightning default): L_lo = (max(0, C1 − F) / C1)²,
+   L_hi = (max(0, F − C2) / C1)² if F ≤ C1 + C2 else (F − C1 − C2) + 1 (branch chosen on F detached);
+   ``foreground="l2"`` (the original ISNet, default of the authors' MNIST scripts):
+   L_lo = (min(r, 1) − 1)², L_hi = (max(r, C2/C1) − C2/C1)² (= (max(0, F − C2) / C1)² everywhere).
+   L_fg = mean_k L_lo + mean_k L_hi.
 7. L_H = A·L_bg + B·L_fg per image, averaged over the batch; total L = (1 − P)·CE + P·L_H.
+
+LRP deep supervision (:func:`deep_supervision_loss`, the authors' ``HiddenLayerPenalization`` /
+``penalizeAll``): the batch-mean L_H of the input heatmap and of the relevance at the outputs of chosen hidden
+layers (each with its own C1/C2 and the mask resized to the layer), aggregated over the layers by a 1-D GWRP:
+the n layer losses sorted in descending order, Σⱼ d_layersʲ·L₍ⱼ₎ / Σⱼ d_layersʲ (the authors' ``dLoss``, 0.8
+in their scripts).
 
 Unlike the authors' code, a non-binary mask (:func:`check_mask`, the validator of every mask consumer), a mask
 that cannot be resized to the heatmap, or NaN/Inf relevance is an error instead of being silently replaced, and a
@@ -22,7 +34,7 @@ sample without foreground (whose background term divides by a zero foreground) i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +45,8 @@ from ..errors import InputError, UsageError
 from ..masks import check_mask, warn_empty_foreground
 
 _TINY = 1e-10
+_GUARD = 1e-7  #: the authors' clamp: x/(x + E) <= 1 − 1e-7
+FOREGROUND_TERMS = ("hybrid", "l2")
 
 
 class ConfigError(UsageError):
@@ -50,8 +64,16 @@ class HeatmapLossConfig:
     B: float = 1.0  #: weight of the foreground term
     C1: float = 1.0  #: lower bound of the foreground relevance total
     C2: float = 25.0  #: upper bound of the foreground relevance total
+    foreground: str = "hybrid"  #: foreground term: "hybrid" (Faster ISNet) or "l2" (original ISNet)
+    guard: bool = False  #: the authors' clamp of GWRP/(GWRP + E) at 1 − 1e-7 (L_bg saturates, zero gradient)
 
     def __post_init__(self) -> None:
+        if self.foreground not in FOREGROUND_TERMS:
+            raise ConfigError(
+                f"HeatmapLossConfig(foreground={self.foreground!r}): choose one of {', '.join(FOREGROUND_TERMS)}"
+            )
+        if not isinstance(self.guard, bool):
+            raise ConfigError(f"HeatmapLossConfig(guard={self.guard!r}): must be True or False")
         for name in ("d", "E", "A", "B", "C1", "C2"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -72,16 +94,20 @@ def _as_maps(heatmaps: Tensor) -> Tensor:
     return heatmaps
 
 
-def prepare_mask(mask: Tensor, size: Sequence[int], batch: int) -> Tensor:
+def prepare_mask(mask: Tensor, size: Sequence[int], batch: int, *, adaptive: bool = False) -> Tensor:
     """The foreground mask as a float tensor of shape (B, 1, 1, h, w), checked (:func:`check_mask`) and resized.
 
     ``mask`` has shape (B, H, W), (B, 1, H, W) or (B, 1, 1, H, W) with values 0 and 1 only; H and W must be
-    integer multiples of ``size`` (a resized cell is foreground if any of its pixels is).
+    integer multiples of ``size`` (a resized cell is foreground if any of its pixels is). ``adaptive=True``
+    (hidden layers, whose sizes need not divide the input's) accepts any size: a cell is foreground if any
+    pixel of its adaptive-pooling window is (the authors' adaptive average pooling, then ≠ 0).
     """
     m = check_mask(mask, batch=batch, of="the heatmaps")
     h, w = int(size[0]), int(size[1])
     H, W = m.shape[-2:]
     if (H, W) != (h, w):
+        if adaptive:
+            return F.adaptive_max_pool2d(m, (h, w)).unsqueeze(2)
         if H % h or W % w:
             raise InputError(
                 f"mask size {H}x{W} is not an integer multiple of the heatmap size {h}x{w}; resize the mask "
@@ -123,6 +149,9 @@ def _background_loss(H: Tensor, M: Tensor, config: HeatmapLossConfig) -> Tensor:
     fg_mean = (a * M).sum((2, 3, 4)) / (M.sum((2, 3, 4)) * a.shape[2] + _TINY)
     hn = a / (fg_mean[..., None, None, None] + _TINY)
     pooled = gwrp(hn * (1 - M), config.d)  # (B, K, C)
+    if config.guard:  # the authors' form: −log(1 − s), s = x/(x + E) clamped below 1
+        s = torch.clamp(pooled / (pooled + config.E), max=1 - _GUARD)
+        return (-torch.log(1 - s)).mean((1, 2))
     return torch.log1p(pooled / config.E).mean((1, 2))
 
 
@@ -137,6 +166,11 @@ def foreground_loss(heatmaps: Tensor, mask: Tensor, config: HeatmapLossConfig = 
 def _foreground_loss(H: Tensor, M: Tensor, config: HeatmapLossConfig) -> Tensor:
     total = (H.abs() * M).sum((2, 3, 4))  # (B, K)
     c1, c2 = config.C1, config.C2
+    if config.foreground == "l2":
+        r = total / c1
+        low = (torch.clamp(r, max=1.0) - 1.0) ** 2
+        high = (torch.clamp(r, min=c2 / c1) - c2 / c1) ** 2
+        return low.mean(1) + high.mean(1)
     low = (torch.clamp(c1 - total, min=0) / c1) ** 2
     quadratic = (torch.clamp(total - c2, min=0) / c1) ** 2
     linear = total - c1 - c2 + 1
@@ -152,6 +186,57 @@ def heatmap_loss(heatmaps: Tensor, mask: Tensor, config: HeatmapLossConfig = Hea
     return (config.A * _background_loss(H, M, config) + config.B * _foreground_loss(H, M, config)).mean()
 
 
+def _layer_loss(H: Tensor, M: Tensor, config: HeatmapLossConfig) -> Tensor:
+    return (config.A * _background_loss(H, M, config) + config.B * _foreground_loss(H, M, config)).mean()
+
+
+def _gwrp_1d(values: Tensor, d: float) -> Tensor:
+    """GWRP of a vector: values sorted in descending order, Σⱼ dʲ·v₍ⱼ₎ / Σⱼ dʲ."""
+    return gwrp(values.reshape(1, -1), d).reshape(())
+
+
+def _check_d_layers(d_layers: float) -> None:
+    ok = not isinstance(d_layers, bool) and isinstance(d_layers, (int, float)) and 0.0 <= d_layers <= 1.0
+    if not ok:
+        raise ConfigError(f"d_layers={d_layers!r}: the GWRP decay over layers must be a number in [0, 1]")
+
+
+def deep_supervision_loss(
+    maps: Mapping[str, Tensor],
+    mask: Tensor,
+    config: HeatmapLossConfig | Mapping[str, HeatmapLossConfig] = HeatmapLossConfig(),
+    d_layers: float = 0.8,
+) -> Tensor:
+    """LRP deep supervision: GWRP over layers (descending, decay ``d_layers``) of each layer's L_H.
+
+    ``maps``: ``{layer name: relevance}``, each (B, K, C_l, h_l, w_l) or (B, C_l, h_l, w_l); the authors include
+    the input heatmap as one of the layers (they call it ``"input"``). ``mask`` (B, 1, H, W) is resized to each
+    layer (:func:`prepare_mask` with ``adaptive=True``). ``config``: one :class:`HeatmapLossConfig` for all
+    layers, or one per layer name (each layer has its own C1/C2 range; :func:`tune_c1_c2` per layer). With one
+    layer this is that layer's :func:`heatmap_loss`.
+    """
+    _check_d_layers(d_layers)
+    if not isinstance(maps, Mapping) or not maps:
+        raise InputError("deep_supervision_loss needs a non-empty mapping {layer name: relevance}")
+    losses: list[Tensor] = []
+    for name, relevance in maps.items():
+        if isinstance(config, HeatmapLossConfig):
+            cfg = config
+        elif name in config:
+            cfg = config[name]
+        else:
+            raise InputError(
+                f"deep_supervision_loss: no HeatmapLossConfig for layer {name!r}; configs given for "
+                f"{', '.join(map(repr, config))}"
+            )
+        H = _as_maps(relevance)
+        M = prepare_mask(mask, H.shape[-2:], H.shape[0], adaptive=True)
+        if not losses:
+            warn_empty_foreground(M)
+        losses.append(_layer_loss(H, M, cfg))
+    return _gwrp_1d(torch.stack(losses), d_layers)
+
+
 def isnet_loss(
     logits: Tensor,
     labels: Tensor,
@@ -159,8 +244,15 @@ def isnet_loss(
     mask: Tensor,
     P: float = 0.7,
     config: HeatmapLossConfig = HeatmapLossConfig(),
+    *,
+    hidden: Mapping[str, Tensor] | None = None,
+    hidden_config: Mapping[str, HeatmapLossConfig] | None = None,
+    d_layers: float = 0.8,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(L, CE, L_H) with L = (1 − P)·CE + P·L_H."""
+    """(L, CE, L_H) with L = (1 − P)·CE + P·L_H.
+
+    With ``hidden`` (``{layer: relevance}``, LRP deep supervision) L_H is :func:`deep_supervision_loss` over
+    the input heatmap (loss ``config``) and the hidden layers (``hidden_config[layer]``, else ``config``)."""
     if not 0.0 <= P <= 1.0:
         raise InputError(f"isnet_loss(P={P}): P must lie in [0, 1]")
     H, M = _maps_and_mask(heatmaps, mask)
@@ -168,7 +260,15 @@ def isnet_loss(
         check_labels(labels, logits.shape[1])
     ce = F.cross_entropy(logits, labels)
     warn_empty_foreground(M)
-    lh = (config.A * _background_loss(H, M, config) + config.B * _foreground_loss(H, M, config)).mean()
+    lh = _layer_loss(H, M, config)
+    if hidden:
+        _check_d_layers(d_layers)
+        losses = [lh]
+        for name, relevance in hidden.items():
+            Hl = _as_maps(relevance)
+            Ml = prepare_mask(mask, Hl.shape[-2:], Hl.shape[0], adaptive=True)
+            losses.append(_layer_loss(Hl, Ml, (hidden_config or {}).get(name, config)))
+        lh = _gwrp_1d(torch.stack(losses), d_layers)
     return (1 - P) * ce + P * lh, ce, lh
 
 
@@ -184,10 +284,26 @@ def check_labels(labels: Tensor, num_classes: int, what: str = "labels") -> None
         )
 
 
-def tune_c1_c2(foreground_totals: Tensor) -> tuple[float, float]:
-    """C1 and C2 from the total |relevance| per map of a plain classifier's last epoch:
-    C1 = max(μ/5, μ − 3σ), C2 = min(25·C1, μ + 3σ)."""
-    t = foreground_totals.detach().double().flatten()
+def relevance_totals(heatmaps: Tensor, mask: Tensor | None = None, variant: str | None = None) -> Tensor:
+    """The total |relevance| per sample (B,) that C1/C2 tuning averages, float64.
+
+    Σ|H| over (C, h, w) of each map, the whole map (the authors' tuning; ``mask=None``) or the foreground only
+    (Σ|H|·M, with ``mask``), then the mean over the K maps of a sample; for ``variant="dual"`` over the LRP-ε
+    maps only (the first half of K, as the authors tune on the ε maps)."""
+    H = _as_maps(heatmaps).detach().abs()
+    if mask is not None:
+        H = H * prepare_mask(mask, H.shape[-2:], H.shape[0], adaptive=True)
+    totals = H.double().sum((2, 3, 4))  # (B, K)
+    if variant == "dual":
+        totals = totals[:, : max(totals.shape[1] // 2, 1)]
+    return totals.mean(1)
+
+
+def tune_c1_c2(totals: Tensor) -> tuple[float, float]:
+    """C1 and C2 from the total |relevance| per sample of a plain classifier's last epoch
+    (:func:`relevance_totals`: the authors use the whole map's): C1 = max(μ/5, μ − 3σ),
+    C2 = min(25·C1, μ + 3σ), σ the sample standard deviation."""
+    t = totals.detach().double().flatten()
     if t.numel() < 2 or not bool(torch.isfinite(t).all()):
         raise InputError("tune_c1_c2 needs at least two finite relevance totals")
     mu, sigma = float(t.mean()), float(t.std())
