@@ -96,6 +96,11 @@ class CacheWarning(UserWarning):
     """A cache file could not be read or written; the data were (re)built instead."""
 
 
+class RecipeWarning(UserWarning):
+    """A training recipe that is known not to work as the user likely expects (e.g. ISNet training started from
+    a model that already learned the shortcut); the message says what was measured and what to do instead."""
+
+
 class ModelOutputError(RelpropError, ValueError):
     """The model's output cannot be explained as logits (B, C): a tuple or dict without ``output=`` to select
     them, a selector that picks no tensor, or an output that does not depend on the input."""
@@ -108,6 +113,6 @@ class WrappedModelError(TracingError):
 
 __all__ = [
     "CacheWarning", "CheckpointError", "DataError", "DataProblem", "InputError", "ModelLoadError", "ModelOutputError",
-    "RelpropError", "ReportError", "TargetError", "TracingError", "TrainingInterrupted", "UnsupportedLayerError",
-    "UsageError", "WrappedModelError",
+    "RecipeWarning", "RelpropError", "ReportError", "TargetError", "TracingError", "TrainingInterrupted",
+    "UnsupportedLayerError", "UsageError", "WrappedModelError",
 ]  # fmt: skip
