@@ -22,6 +22,7 @@ preset                         first layer        Conv        Linear       add /
 ``gradient_x_input``           gradient times input
 ``isnet``                      z^B [0, 1]         ε = 0.01    ε = 0.01 (LRP-0 on the last layer)
 ``isnet_zplus``                z^B [0, 1]         z⁺          z⁺
+``isnet_authors``              z^B [0, 1], b⁺     Flex        Flex         Flex (LRP-Flex)
 ``attnlrp``                    --                 ε           ε            Norm; products uniform
 ``cp_lrp``                     --                 ε           ε            Norm; gates take none
 =============================  =================  ==========  ===========  ==================
@@ -50,6 +51,7 @@ from .rules import (
     AlphaBeta,
     Epsilon,
     Flat,
+    Flex,
     Gamma,
     Gradient,
     MultiplyInput,
@@ -289,6 +291,19 @@ def isnet_zplus(low: float | Tensor = 0.0, high: float | Tensor = 1.0) -> Compos
     )
 
 
+def isnet_authors(epsilon: float = 0.01, low: float = 0.0, high: float = 1.0) -> Composite:
+    """The ISNet authors' LRP-Flex (Faster ISNet code), step for step: LRP-ε with ε at the ReLUs and LRP-0
+    elsewhere (:class:`~relprop.rules.Flex`), a BatchNorm with batch statistics differentiated through them; on the
+    first layer their z^B: s = R / stab(z − W⁺l − W⁻h − l·b⁺ − h·b⁻) (the positive bias stays in the denominator
+    for l = 0, h = 1), stabiliser ε, a folded training-mode BatchNorm with the unbiased batch variance
+    (:class:`~relprop.rules.ZBox` with ``bias="bounded"``, ``batch_variance="unbiased"``). Scalar bounds only."""
+    flex = Flex(epsilon)
+    first = ZBox(low, high, epsilon, bias="bounded", batch_variance="unbiased")
+    return Composite(
+        [(WEIGHTED_TYPES + BATCHNORM_MODULES, flex)], first=first, add=flex, pool=flex, name="isnet_authors"
+    )
+
+
 def attnlrp(epsilon: float = 1e-6) -> Composite:
     """AttnLRP (Achtibat et al. 2024) for transformers and modern CNNs: LRP-ε on every Linear/Conv layer, the
     uniform rule on products (q·kᵀ, attention × v, gates), AttnLRP's softmax rule, LayerNorm with its standard
@@ -322,6 +337,7 @@ PRESETS: dict[str, Callable[[], Composite]] = {
     "rlrp": rlrp,
     "isnet": isnet,
     "isnet_zplus": isnet_zplus,
+    "isnet_authors": isnet_authors,
     "attnlrp": attnlrp,
     "cp_lrp": cp_lrp,
 }

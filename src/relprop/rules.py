@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .graph import LinearMap
+from .graph import BATCHNORM_MODULES, LinearMap
+from .graph.batchnorm import bn_affine, uses_batch_statistics
+from .graph.linear_map import fold_affine
 
 
 def stabilize(x: Tensor, epsilon: float) -> Tensor:
@@ -220,6 +222,75 @@ class Norm(Epsilon):
         super().__init__(stabilizer)
 
 
+class Flex(Rule):
+    """LRP-Flex, the ISNet authors' one-backward LRP-ε (Bassi et al., Faster ISNet, 2024), written as relevance.
+
+    LRP-Flex is the gradient g of the explained quantity in a backward pass where every ReLU multiplies the
+    incoming gradient by a / (a + ε) (a its output); the relevance of a tensor t is t ⊙ g. Step by step, with z the
+    step's output and R the relevance there:
+
+    - s = R / (z + ε) where z feeds ReLUs (only z > 0 carries relevance there), s = R / z elsewhere (0/0 := 0);
+    - R_in = a ⊙ Jᵀ s, J the step's Jacobian: Wᵀ s for Linear/Conv/pooling and eval-mode BatchNorm (folded or
+      not); for a BatchNorm with batch statistics (training mode) the true Jacobian, *through* the batch mean and
+      variance, so the samples of a batch are coupled as in the authors' code;
+    - additions: R_k = x_k ⊙ s likewise.
+
+    ReLUs pass relevance (the composite's default). On Linear/Conv (+ eval BatchNorm) + ReLU stacks this is
+    LRP-ε with stabiliser ε on positive pre-activations; a step not followed by a ReLU gets LRP-0, so a
+    convolution → concatenation → BatchNorm → ReLU chain (DenseNet) is one LRP-ε layer with its ε at the ReLU.
+    Limits: a step whose output feeds a ReLU *and* another consumer gets LRP-0; ReLU6 is treated like a ReLU.
+    """
+
+    name = "flex"
+    multiplies_input = _LINEAR | {"add"}
+    conserving = _LINEAR | {"add", "maxpool"}  # in eval mode, up to ε and the bias's share
+    modifies_weights = True  # a batch-statistics BatchNorm is re-run on the raw layer output (no scale kept apart)
+
+    def __init__(self, epsilon: float = 0.01) -> None:
+        if epsilon < 0:
+            raise ValueError(f"Flex(epsilon={epsilon}): epsilon must be >= 0")
+        self.epsilon = float(epsilon)
+
+    def _ratio(self, R: Tensor, z: Tensor, relu: bool, nonneg: bool) -> Tensor:
+        if relu and self.epsilon > 0:
+            return divide_stabilized(R, z, self.epsilon, 2 if nonneg else 1)
+        return safe_divide(R, z)
+
+    def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
+        s = self._ratio(R, z, layer.output_nonneg or layer.negative_outputs_silent, layer.output_nonneg)
+        m = layer.module
+        bn = m if isinstance(m, BATCHNORM_MODULES) else layer.step.batchnorm
+        if layer.step.kind != "linear" or not uses_batch_statistics(bn):
+            return _times(layer.transpose(s, layer.weight, a), a)
+        assert bn is not None and m is not None
+        return a * _batch_norm_vjp(layer, bn, a, s)
+
+    def add(self, parts: Sequence[Tensor], z: Tensor, R: Tensor, negatives_silent: bool = False) -> list[Tensor]:
+        s = self._ratio(R, z, negatives_silent, False)
+        return [p * s for p in parts]
+
+
+def _batch_norm_vjp(layer: LinearMap, bn: torch.nn.Module, a: Tensor, s: Tensor) -> Tensor:
+    """∂⟨s, BN(f(a))⟩/∂a for a BatchNorm with batch statistics after the step's own map f (identity for a
+    stand-alone BatchNorm), differentiated through the statistics; differentiable when a graph is recorded."""
+    m = layer.module
+    keep = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x = a if (keep and a.requires_grad) else a.detach().requires_grad_(True)
+        if m is bn:
+            pre = x
+        else:
+            assert m is not None
+            w0, b0 = m.weight, getattr(m, "bias", None)
+            assert isinstance(w0, Tensor)
+            pre = layer.forward(x, w0, b0 if isinstance(b0, Tensor) else None)
+        weight, bias = getattr(bn, "weight", None), getattr(bn, "bias", None)
+        eps = float(getattr(bn, "eps", 1e-5))
+        y = torch.nn.functional.batch_norm(pre, None, None, weight, bias, True, 0.0, eps)
+        (g,) = torch.autograd.grad(y, x, s, create_graph=keep)
+    return g if keep else g.detach()
+
+
 class _PosNeg(Rule):
     """Shared machinery of rules that treat positive and negative weights separately."""
 
@@ -406,36 +477,78 @@ class ZBox(Rule):
 
     ``low`` and ``high`` are floats or tensors broadcastable to the input (e.g. shape (1, C, 1, 1)
     for per-channel bounds of normalised images).
+
+    ``bias="bounded"`` is the ISNet authors' form (their LRP-Flex and LRP Block code): the bias is treated like a
+    weight on an input bounded in [l, h], s = R / stab(z − W⁺l − W⁻h − l·b⁺ − h·b⁻); with l = 0, h = 1 the positive
+    bias stays in the denominator. The default ``"removed"`` subtracts the whole bias (zennit's z^B). The bounded
+    form needs scalar bounds.
+
+    ``batch_variance="unbiased"``: a BatchNorm folded into this layer that normalises with batch statistics
+    (training mode) is folded with the unbiased batch variance Σ(x − μ)²/(n − 1) (detached), and z is recomputed
+    with those weights, as the authors' LRP-Flex does at the first layer; ``"biased"`` (default) uses the layer's
+    own statistics.
     """
 
     name = "zbox"
     conserving = _LINEAR | {"maxpool"}
     modifies_weights = True
 
-    def __init__(self, low: float | Tensor = 0.0, high: float | Tensor = 1.0, stabilizer: float = 1e-6) -> None:
+    def __init__(
+        self, low: float | Tensor = 0.0, high: float | Tensor = 1.0, stabilizer: float = 1e-6, bias: str = "removed",
+        batch_variance: str = "biased",
+    ) -> None:  # fmt: skip
         lo, hi = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
         if bool((lo > hi).any()):
             raise ValueError(f"ZBox(low={low}, high={high}): low must not exceed high")
+        if bias not in ("removed", "bounded"):
+            raise ValueError(f"ZBox(bias={bias!r}): bias must be 'removed' or 'bounded'")
+        if bias == "bounded" and (lo.numel() != 1 or hi.numel() != 1):
+            raise ValueError(
+                f"ZBox(bias='bounded') needs scalar low and high (got shapes {tuple(lo.shape)} and {tuple(hi.shape)}): "
+                "the bias's input has no channels; use bias='removed' with per-channel bounds"
+            )
+        if batch_variance not in ("biased", "unbiased"):
+            raise ValueError(f"ZBox(batch_variance={batch_variance!r}): use 'biased' or 'unbiased'")
         self.low, self.high = low, high
         self.stabilizer = float(stabilizer)
+        self.bias = bias
+        self.batch_variance = batch_variance
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         w = _require_weight(self, layer)
         b = layer.bias
+        bn = layer.step.batchnorm
+        refold = self.batch_variance == "unbiased" and layer.module is not bn and uses_batch_statistics(bn)
+        if refold:  # the authors' fold: unbiased batch variance, z recomputed with the folded weights
+            assert bn is not None and layer.module is not None
+            w0, b0 = layer.module.weight, getattr(layer.module, "bias", None)
+            assert isinstance(w0, Tensor)
+            scale, shift = bn_affine(bn, layer.forward(a, w0, b0 if isinstance(b0, Tensor) else None), unbiased=True)
+            w, b = fold_affine(layer.module, w0, b0 if isinstance(b0, Tensor) else None, scale, shift)
+            z = layer.forward(a, w, b)
         one = (1,) + tuple(a.shape[1:])
         low = torch.as_tensor(self.low, dtype=a.dtype, device=a.device)
         high = torch.as_tensor(self.high, dtype=a.dtype, device=a.device)
         per_sample = any(t.dim() == a.dim() and t.shape[0] > 1 for t in (low, high))
         shape = tuple(a.shape) if per_sample else one  # bounds that differ per sample are not cached
         low, high = low.expand(shape), high.expand(shape)
-        wp, wn = layer.modified("posw", lambda: (w.clamp(min=0), w.clamp(max=0)))
 
-        def bounds_term() -> Tensor:  # W⁺l + b⁺ + W⁻h + b⁻
-            bp = None if b is None else b.clamp(min=0)
-            bn = None if b is None else b.clamp(max=0)
-            return layer.forward(low, wp, bp) + layer.forward(high, wn, bn)
+        def posneg() -> tuple[Tensor, Tensor]:
+            return w.clamp(min=0), w.clamp(max=0)
 
-        bounds = bounds_term() if per_sample else layer.modified(f"zbox{one}{self.low!r}{self.high!r}", bounds_term)
+        wp, wn = posneg() if refold else layer.modified("posw", posneg)
+        # bias scale factors: 1 (bias removed) or l / h (the bias's input bounded like the pixels)
+        lb, hb = (1.0, 1.0) if self.bias == "removed" else (float(self.low), float(self.high))
+
+        def bounds_term() -> Tensor:  # W⁺l + W⁻h + b⁺·lb + b⁻·hb
+            bp = None if b is None else b.clamp(min=0) * lb
+            bn_ = None if b is None else b.clamp(max=0) * hb
+            return layer.forward(low, wp, bp) + layer.forward(high, wn, bn_)
+
+        if per_sample or refold:
+            bounds = bounds_term()
+        else:
+            bounds = layer.modified(f"zbox{one}{self.low!r}{self.high!r}{self.bias}", bounds_term)
         s = divide_stabilized(R, z - bounds, self.stabilizer)
         # a⊙Wᵀs − l⊙W⁺ᵀs − h⊙W⁻ᵀs with W⁻ = W − W⁺: two transposed products instead of three
         return (a - high) * layer.transpose(s, w, a) + (high - low) * layer.transpose(s, wp, a)
@@ -686,7 +799,7 @@ class MultiplyInput(Rule):
 
 
 __all__ = [
-    "Rule", "Epsilon", "Zero", "Norm", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "WSquare", "Flat", "Pass", "Product",
-    "Softmax",
+    "Rule", "Epsilon", "Zero", "Norm", "Flex", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "WSquare", "Flat", "Pass",
+    "Product", "Softmax",
     "Gradient", "MultiplyInput", "RLRP", "stabilize", "safe_divide",
 ]  # fmt: skip

@@ -38,16 +38,33 @@ def batch_norm_with_stats(bn: nn.Module, x: Tensor) -> tuple[Tensor, tuple[Tenso
     return y, (mean.detach(), invstd.detach())
 
 
-def bn_affine(bn: nn.Module, pre: Tensor | None, stats: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def uses_batch_statistics(bn: nn.Module | None) -> bool:
+    """Whether ``bn`` (a BatchNorm module, or None) normalises with the statistics of the current batch (training
+    mode, or no running statistics)."""
+    return bn is not None and (bool(bn.training) or getattr(bn, "running_mean", None) is None)
+
+
+def bn_affine(
+    bn: nn.Module, pre: Tensor | None, stats: tuple[Tensor, Tensor] | None = None, *, unbiased: bool = False
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Scale and shift of a BatchNorm as an elementwise affine map, statistics detached.
 
     In training mode (or without running statistics) the statistics of the current batch are used,
     as BatchNorm itself does, but detached: one sample's relevance does not depend on the others'.
     ``stats`` are those statistics (mean, 1/√(var + eps)) where the forward pass kept them.
+
+    ``unbiased=True`` (batch statistics only): the variance of ``pre`` with Bessel's correction, Σ(x − μ)²/(n − 1),
+    instead of BatchNorm's own Σ(x − μ)²/n; the ISNet authors' LRP-Flex folds the first layer's BatchNorm so
+    (``torch.var``). The map then differs slightly from the layer's output.
     """
     assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
     use_batch = bn.training or bn.running_mean is None
-    if use_batch and stats is not None:
+    if use_batch and unbiased:
+        assert pre is not None
+        dims = [0] + list(range(2, pre.dim()))
+        p = pre.detach()
+        mean, inv = p.mean(dims), torch.rsqrt(p.var(dims, unbiased=True) + bn.eps)
+    elif use_batch and stats is not None:
         mean, inv = stats
     elif use_batch:
         assert pre is not None
@@ -94,4 +111,4 @@ def running_stats_kept(model: nn.Module) -> Iterator[None]:
             m._buffers[name] = t
 
 
-__all__ = ["batch_norm_with_stats", "bn_affine", "running_stats_kept"]
+__all__ = ["batch_norm_with_stats", "bn_affine", "running_stats_kept", "uses_batch_statistics"]

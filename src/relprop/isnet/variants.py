@@ -11,15 +11,36 @@ variant            K      maps
 ``dual``           2      all logits at once (R = z), once with the ISNet ε rules, once with z⁺
 ``selective``      1      the softmax log-odds η_c = log(p_c + δ) − log(1 − p_c + δ) of one class c;
                           R = z ⊙ ∂η_c/∂z at the logits, so the LRP-0 classifier layer gives a ⊙ Wᵀ ∂η_c/∂z
-``stochastic``     1      per sample the top logit with probability 1/2, otherwise a uniformly drawn
-                          other class
+``stochastic``     1      per sample the top logit with probability 1/2 (5/11 with ``match="authors"``),
+                          otherwise a uniformly drawn other class
 ``grad_input``     1      ablation: x ⊙ ∂p_top/∂x (Gradient × Input of the top softmax), no LRP rules
 =================  =====  ==========================================================================
 
-LRP rules (preset ``isnet``): z^B with the data range [low, high] at the first layer, LRP-ε (ε = 0.01,
-stabiliser ε·sign(z)) in hidden layers, LRP-0 at the classifier layer. BatchNorm in training mode uses the
-batch statistics, detached in the relevance pass, so one sample's map depends on the other samples only
-through the (detached) normalisation constants, as in the authors' code.
+LRP rules (``match="relprop"``, preset ``isnet``): z^B with the data range [low, high] at the first layer, LRP-ε
+(ε = 0.01, stabiliser ε·sign(z)) in hidden layers, LRP-0 at the classifier layer. BatchNorm in training mode uses
+the batch statistics, detached in the relevance pass, so one sample's map depends on the other samples only
+through the (detached) normalisation constants, as in the authors' older LRP Block.
+
+``match="authors"`` (preset ``isnet_authors``) reproduces the Faster ISNet's LRP-Flex code (PedroRASB/FasterISNet)
+where it differs:
+
+- **First layer (z^B).** relprop: s = R / stab(z − W⁺l − W⁻h − b), the bias removed, ε = 1e-6. Authors:
+  s = R / stab(z − W⁺l − W⁻h − l·b⁺ − h·b⁻), ε = 0.01: with l = 0, h = 1 the positive bias stays in the
+  denominator (:class:`~relprop.rules.ZBox` ``bias="bounded"``).
+- **First-layer BatchNorm in training mode.** relprop: folded with the batch statistics BatchNorm computes
+  (biased variance), detached. Authors: folded with the *unbiased* batch variance (``torch.var``), detached,
+  and z recomputed with those weights (``batch_variance="unbiased"``).
+- **Hidden BatchNorm in training mode.** relprop: batch statistics detached, so one sample's map does not
+  depend on the other samples' seeds. Authors: differentiated through the batch mean and variance by autograd,
+  so the samples of a batch are coupled (:class:`~relprop.rules.Flex`).
+- **Hidden layers.** relprop: LRP-ε on every Linear/Conv/BatchNorm, Norm(1e-6) at additions and pooling.
+  Authors: the ε only where a ReLU follows (a / (a + ε) in their ReLU backward), LRP-0 (the plain gradient)
+  elsewhere; equal on Linear/Conv + ReLU stacks, different where a convolution feeds a BatchNorm (DenseNet).
+- **Selective:** δ = 1e-7 (relprop) or 0.01 (authors). **Stochastic:** the top logit with probability 1/2
+  (relprop) or 5/11 (authors: ``randint(0, 11) > 5``).
+
+``dual`` has no LRP-Flex form (the authors' dual map is their older LRP Block's) and is refused with
+``match="authors"``; ``grad_input`` is the same in both.
 
 :func:`rrr_penalty` is the Right-for-the-Right-Reasons baseline (Ross et al., 2017):
 Σ ((1 − M) ⊙ ∂ Σ_c log p_c / ∂x)², per image, averaged over the batch.
@@ -27,7 +48,7 @@ through the (detached) normalisation constants, as in the authors' code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -35,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..composites import Composite, isnet_zplus
+from ..composites import Composite, isnet_authors, isnet_zplus
 from ..composites import isnet as isnet_composite
 from ..errors import InputError
 from ..explainer import Explainer
@@ -44,6 +65,11 @@ from .loss import ConfigError, check_labels, check_mask
 VARIANTS = ("original", "dual", "selective", "stochastic", "grad_input")
 Variant = Literal["original", "dual", "selective", "stochastic", "grad_input"]
 SelectiveClass = Literal["lowest", "label", "predicted"]
+MATCHES = ("relprop", "authors")
+Match = Literal["relprop", "authors"]
+#: the default selective δ and the stochastic variant's probability of the top logit, per ``match``
+SELECTIVE_DELTA = {"relprop": 1e-7, "authors": 0.01}
+TOP_PROBABILITY = {"relprop": 0.5, "authors": 5 / 11}
 
 
 def maps_per_image(variant: str, num_classes: int) -> int:
@@ -65,10 +91,15 @@ class ISNetMaps:
             the mode the model is in (``model.train()`` during training: batch statistics, dropout).
         variant: ``original``, ``dual``, ``selective``, ``stochastic`` or ``grad_input``.
         low, high: input range for the z^B rule at the first layer (the data range).
-        epsilon: ε of the LRP-ε rule in hidden layers.
+        epsilon: ε of the LRP-ε rule in hidden layers (and of the first layer with ``match="authors"``).
         selective_class: for ``selective``, which class's log-odds to explain: ``"lowest"`` logit (the
             authors' training choice), the ``"label"``, or the ``"predicted"`` class.
-        selective_delta: δ in η = log(p + δ) − log(1 − p + δ).
+        selective_delta: δ in η = log(p + δ) − log(1 − p + δ); None: 1e-7, or 0.01 with ``match="authors"``.
+        match: ``"relprop"`` (default: the rules described in the module docstring) or ``"authors"`` (the Faster
+            ISNet's LRP-Flex code: first-layer z^B keeping b⁺, BatchNorm differentiated through its batch
+            statistics, δ = 0.01, top logit with probability 5/11); see the table in :mod:`relprop.isnet.variants`.
+        hidden_layers: module names (as in ``model.named_modules()``) whose output relevance
+            :meth:`maps_and_hidden` returns too (LRP deep supervision).
         leaf_modules: passed to :class:`~relprop.Explainer`.
 
     Call it as ``logits, maps = isnet_maps(x, labels)``; ``maps`` has shape (B, K, C, h, w).
@@ -83,22 +114,47 @@ class ISNetMaps:
         high: float = 1.0,
         epsilon: float = 0.01,
         selective_class: SelectiveClass | str = "lowest",
-        selective_delta: float = 1e-7,
+        selective_delta: float | None = None,
+        match: Match | str = "relprop",
+        hidden_layers: Sequence[str] = (),
         leaf_modules: Mapping[type, str] | None = None,
     ) -> None:
         _check_variant(variant)
+        if match not in MATCHES:
+            raise ConfigError(
+                f"ISNetMaps(match={match!r}): use 'relprop' (relprop's ISNet rules) or 'authors' (the Faster ISNet "
+                "authors' LRP-Flex code)"
+            )
+        if match == "authors" and variant == "dual":
+            raise ConfigError(
+                "ISNetMaps('dual', match='authors'): the authors' LRP-Flex has no dual (z+ and ε) form; use "
+                "match='relprop' for the dual ISNet, or another variant with match='authors'"
+            )
         if selective_class not in ("lowest", "label", "predicted"):
             raise ConfigError(f"selective_class={selective_class!r}: use 'lowest', 'label' or 'predicted'")
         if not high > low:
             raise ConfigError(f"ISNetMaps(low={low}, high={high}): need high > low (the input data range)")
+        if isinstance(hidden_layers, str):
+            raise ConfigError(
+                f"hidden_layers must be a list of module names, not the string {hidden_layers!r}: "
+                f"hidden_layers=[{hidden_layers!r}]"
+            )
+        if selective_delta is None:
+            selective_delta = SELECTIVE_DELTA[match]
+        if not selective_delta >= 0:
+            raise ConfigError(f"ISNetMaps(selective_delta={selective_delta}): δ must be >= 0")
         self.model = model
         self.variant = variant
+        self.match = match
         self.selective_class = selective_class
         self.selective_delta = float(selective_delta)
+        self.top_probability = TOP_PROBABILITY[match]
+        self.hidden_layers = tuple(hidden_layers)
         self._explainer: Explainer | None = None
         self._zplus: Composite | None = None
         if variant != "grad_input":
-            self._explainer = Explainer(model, isnet_composite(epsilon, low, high), leaf_modules=leaf_modules)
+            rules = isnet_authors(epsilon, low, high) if match == "authors" else isnet_composite(epsilon, low, high)
+            self._explainer = Explainer(model, rules, leaf_modules=leaf_modules)
             if variant == "dual":
                 self._zplus = isnet_zplus(low, high)
 
@@ -113,17 +169,42 @@ class ISNetMaps:
         """``(logits, maps)`` for the batch ``x``; ``labels`` are needed for ``selective_class="label"``.
 
         ``generator`` draws the stochastic variant's classes (default: torch's global generator)."""
+        logits, maps, _ = self._run(x, labels, create_graph, generator, ())
+        return logits, maps
+
+    def maps_and_hidden(
+        self,
+        x: Tensor,
+        labels: Tensor | None = None,
+        *,
+        create_graph: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``(logits, maps, hidden)``: as a call, plus the relevance at the output of each of ``hidden_layers``,
+        ``hidden[name]`` of shape (B, K, C_l, h_l, w_l), from the same seeds (the same drawn classes)."""
+        return self._run(x, labels, create_graph, generator, self.hidden_layers)
+
+    def _run(
+        self, x: Tensor, labels: Tensor | None, create_graph: bool, generator: torch.Generator | None,
+        layers: tuple[str, ...],
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:  # fmt: skip
         if self.variant == "grad_input":
-            return _grad_input_maps(self.model, x, create_graph)
+            if layers:
+                raise ConfigError("ISNetMaps('grad_input') has no hidden-layer maps (not LRP): use another variant")
+            logits, maps = _grad_input_maps(self.model, x, create_graph)
+            return logits, maps, {}
         ex = self._explainer
         assert ex is not None
         others = [self._zplus] if self._zplus is not None else []
         forward = ex.forward(x, composites=others, create_graph=create_graph, update_stats=True)
-        maps = [
-            forward.explain(seed, composite=composite).relevance
-            for composite, seed in self._seeds(forward.logits, labels, generator)
-        ]
-        return forward.logits, torch.stack(maps, 1)
+        pixel: list[Tensor] = []
+        hidden: dict[str, list[Tensor]] = {name: [] for name in layers}
+        for composite, seed in self._seeds(forward.logits, labels, generator):
+            e = forward.explain(seed, composite=composite, layers=layers)
+            pixel.append(e.relevance)
+            for name in layers:
+                hidden[name].append(e.layers[name])
+        return forward.logits, torch.stack(pixel, 1), {name: torch.stack(v, 1) for name, v in hidden.items()}
 
     def _seeds(
         self, logits: Tensor, labels: Tensor | None, generator: torch.Generator | None
@@ -136,7 +217,7 @@ class ISNetMaps:
         if self.variant == "dual":
             return [(None, logits), (self._zplus, logits)]
         if self.variant == "stochastic":
-            idx = stochastic_classes(logits.detach(), generator)
+            idx = stochastic_classes(logits.detach(), generator, self.top_probability)
             return [(None, logits * F.one_hot(idx, c).to(logits.dtype))]
         # selective
         idx = self._selective_index(logits, labels)
@@ -156,8 +237,13 @@ class ISNetMaps:
         return labels
 
 
-def stochastic_classes(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Per sample: the arg-max class with probability 1/2, otherwise a uniformly drawn other class."""
+def stochastic_classes(
+    logits: Tensor, generator: torch.Generator | None = None, top_probability: float = 0.5
+) -> Tensor:  # fmt: skip
+    """Per sample: the arg-max class with probability ``top_probability`` (1/2; the authors' code: 5/11),
+    otherwise a uniformly drawn other class."""
+    if not 0.0 <= top_probability <= 1.0:
+        raise ConfigError(f"stochastic_classes(top_probability={top_probability}): must lie in [0, 1]")
     b, c = logits.shape
     top = logits.argmax(1)
     if c == 1:
@@ -165,7 +251,7 @@ def stochastic_classes(logits: Tensor, generator: torch.Generator | None = None)
     u = torch.rand(b, generator=generator, device="cpu").to(logits.device)
     other = torch.randint(0, c - 1, (b,), generator=generator, device="cpu").to(logits.device)
     other = other + (other >= top).long()  # uniform over the classes != top
-    return torch.where(u < 0.5, top, other)
+    return torch.where(u < top_probability, top, other)
 
 
 def log_odds_gradient(logits: Tensor, idx: Tensor, delta: float = 1e-7) -> Tensor:
@@ -214,5 +300,5 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, create_graph: bool
 
 
 __all__ = [
-    "ISNetMaps", "VARIANTS", "log_odds_gradient", "maps_per_image", "rrr_penalty", "stochastic_classes",
+    "ISNetMaps", "MATCHES", "VARIANTS", "log_odds_gradient", "maps_per_image", "rrr_penalty", "stochastic_classes",
 ]  # fmt: skip
