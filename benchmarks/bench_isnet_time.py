@@ -2,7 +2,9 @@
 
 A fixed small CNN backbone (``--depth`` blocks of Conv3x3+BatchNorm+ReLU with 2x2 max-pooling between
 them, global average pooling, ``width * 2**(depth-1)`` features) and a linear head with C outputs, in
-train mode, one thread. Per C and method one training step is timed:
+train mode, one thread; or (``--models resnet18 densenet121``) torchvision's ResNet-18 / DenseNet-121
+(``weights=None``, 3 input channels, the same backbone weights for every C: only the head differs). Per model,
+C and method one training step is timed:
 
 * ``plain``: forward + cross-entropy + backward + SGD step;
 * ISNet (``selective``, ``stochastic``, ``dual``, ``original``, ``grad_input``): ``ISNetMaps(model, variant)``
@@ -11,15 +13,19 @@ train mode, one thread. Per C and method one training step is timed:
 
 Every repetition is a round over all (C, method) pairs, in an order shuffled afresh each round (after one
 warm-up step per pair), so that slow drifts of the machine and the after-effects of a large step affect all
-alike; the median and the range over repetitions are reported, with the median process CPU time, which on
-a shared machine is less affected by other processes than the wall time. ``original`` needs C relevance
-passes per step: it gets as many repetitions as fit in ``--original-budget`` seconds (at least one), no
-warm-up above C = 100, and can be capped with ``--max-original-classes``.
+alike; the median and the range over repetitions are reported, with the median and the minimum process CPU
+time, which on a shared machine are less affected by other processes than the wall time. ``original`` needs C
+relevance passes per step: it gets as many repetitions as fit in ``--original-budget`` seconds (at least one),
+no warm-up above C = 100, and can be capped with ``--max-original-classes``. At the end, a summary per model
+puts each method's step at the largest C beside its step at the smallest C, and beside the plain step and the
+original variant at the smallest C, as ratios of the minimum process CPU time (``--summary-on``).
 
     .venv/bin/python benchmarks/bench_isnet_time.py                      # C = 2, 10, 100, 1000, batch 8
     .venv/bin/python benchmarks/bench_isnet_time.py --batch 32 --max-original-classes 100
     .venv/bin/python benchmarks/bench_isnet_time.py --memory --breakdown # + peak memory, time per phase
     .venv/bin/python benchmarks/bench_isnet_time.py --quick              # smoke run, a few seconds
+    .venv/bin/python benchmarks/bench_isnet_time.py --models resnet18 densenet121 --classes 2 1000 \
+        --batch 4 --size 64 --max-original-classes 2 --reps 5               # torchvision backbones
 
 Peak memory (``--memory``) is the peak resident set size of one step above the level just before it, each
 (C, method) in a fresh process (tracemalloc does not see torch's allocations, and within one process freed
@@ -41,7 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -52,6 +58,9 @@ from relprop.isnet import isnet_loss
 from relprop.isnet.variants import ISNetMaps, maps_per_image
 
 METHODS = ("plain", "selective", "stochastic", "dual", "original", "grad_input")
+MODELS = ("cnn", "resnet18", "densenet121")
+#: the head of each torchvision model (the only part that depends on C)
+_HEADS = {"resnet18": "fc", "densenet121": "classifier"}
 ONE_MAP = ("selective", "stochastic")
 PHASES = ("forward+maps", "loss", "backward", "clip+sgd")
 _NO_WARMUP_ORIGINAL_ABOVE = 100  # original with more classes: no warm-up step (it costs as much as a rep)
@@ -77,14 +86,17 @@ class Config:
     memory: bool = False
     breakdown: bool = False
     quick: bool = False
+    model: str = "cnn"
 
     @property
     def features(self) -> int:
         return self.width * 2 ** (self.depth - 1)
 
 
-def make_model(num_classes: int, cfg: Config) -> nn.Sequential:
+def make_model(num_classes: int, cfg: Config) -> nn.Module:
     """The backbone (identical for every C: seeded before the head) followed by Linear(features, C)."""
+    if cfg.model != "cnn":
+        return _torchvision_model(num_classes, cfg)
     torch.manual_seed(cfg.seed)
     layers: list[nn.Module] = []
     c = cfg.channels
@@ -98,6 +110,35 @@ def make_model(num_classes: int, cfg: Config) -> nn.Sequential:
     torch.manual_seed(cfg.seed + 1)
     layers.append(nn.Linear(c, num_classes))
     return nn.Sequential(*layers).train()
+
+
+_BACKBONES: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+
+def _torchvision_model(num_classes: int, cfg: Config) -> nn.Module:
+    """torchvision's model (weights=None) with C outputs; every tensor but the head's is the C = 2 model's."""
+    import torchvision
+
+    build = getattr(torchvision.models, cfg.model)
+    key = (cfg.model, cfg.seed)
+    if key not in _BACKBONES:
+        torch.manual_seed(cfg.seed)
+        _BACKBONES[key] = {k: v for k, v in build(weights=None, num_classes=2).state_dict().items()
+                           if not k.startswith(_HEADS[cfg.model] + ".")}  # fmt: skip
+    torch.manual_seed(cfg.seed + 1)
+    model = build(weights=None, num_classes=num_classes)
+    missing, unexpected = model.load_state_dict(_BACKBONES[key], strict=False)
+    assert not unexpected and all(k.startswith(_HEADS[cfg.model] + ".") for k in missing), (missing, unexpected)
+    return model.train()
+
+
+def describe_model(cfg: Config) -> str:
+    if cfg.model == "cnn":
+        return (
+            f"{cfg.depth} x (Conv3x3 + BatchNorm + ReLU), max-pool 2x2 between, global average pool -> "
+            f"{cfg.features} features -> Linear({cfg.features}, C)"
+        )
+    return f"torchvision {cfg.model}(weights=None, num_classes=C), the same backbone weights for every C"
 
 
 def central_box_mask(batch: int, size: int) -> torch.Tensor:
@@ -122,6 +163,8 @@ class TrainStep:
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=0.9)
         self.maps = None if method == "plain" else ISNetMaps(self.model, method)
         self.gen = torch.Generator().manual_seed(cfg.seed + 3)  # the stochastic variant's class draws
+        #: steps whose loss was not finite (timed all the same: the step's work does not depend on the values)
+        self.nonfinite = 0
 
     def step(self, phases: dict[str, float] | None = None) -> float:
         t0 = time.process_time()
@@ -146,7 +189,7 @@ class TrainStep:
                 phases[name] = phases.get(name, 0.0) + dt
         value = loss.item()
         if not math.isfinite(value):
-            raise RuntimeError(f"{self.method}: the loss is {value}; lower --lr")
+            self.nonfinite += 1
         return value
 
 
@@ -181,9 +224,12 @@ def measure(cfg: Config, log: Any = None) -> dict[tuple[int, str], dict[str, Any
     runs = {p: TrainStep(p[1], p[0], cfg) for p in pairs}
     _freeze()
     try:
-        return _measure(cfg, runs, log)
+        info = _measure(cfg, runs, log)
     finally:
         gc.unfreeze()
+    for p, run in runs.items():
+        info[p]["nonfinite"] = run.nonfinite
+    return info
 
 
 def _measure(cfg: Config, runs: dict[tuple[int, str], TrainStep], log: Any) -> dict[tuple[int, str], dict[str, Any]]:
@@ -270,7 +316,7 @@ def _config_args(cfg: Config) -> list[str]:
     return [
         "--batch", str(cfg.batch), "--channels", str(cfg.channels), "--size", str(cfg.size),
         "--width", str(cfg.width), "--depth", str(cfg.depth), "--threads", str(cfg.threads),
-        "--lr", str(cfg.lr), "--seed", str(cfg.seed),
+        "--lr", str(cfg.lr), "--seed", str(cfg.seed), "--models", cfg.model,
     ]  # fmt: skip
 
 
@@ -311,6 +357,7 @@ def summarise(cfg: Config, info: dict[tuple[int, str], dict[str, Any]]) -> list[
                     "median_ms": 1e3 * med[p],
                     "min_ms": 1e3 * min(times),
                     "cpu_ms": 1e3 * statistics.median(info[p]["cpu"]),
+                    "cpu_min_ms": 1e3 * min(info[p]["cpu"]),
                     "max_ms": 1e3 * max(times),
                     "x_plain": med[p] / plain if plain else None,
                     "x_c_min": med[p] / base if base else None,
@@ -428,6 +475,61 @@ def format_breakdown(cfg: Config, phases: dict[tuple[int, str], dict[str, float]
     return "\n".join(lines)
 
 
+_SUMMARY_KEYS = {"cpu_min": "cpu_min_ms", "cpu": "cpu_ms", "median": "median_ms", "min": "min_ms"}
+
+
+def summary_rows(cfg: Config, rows: list[dict[str, Any]], on: str = "cpu_min") -> list[dict[str, Any]]:
+    """Per method: its step at the smallest and the largest C, their ratio, and each beside the plain step and
+    the original variant at the smallest C (ratios of ``on``: the minimum process CPU time by default)."""
+    key = _SUMMARY_KEYS[on]
+    t = {(r["classes"], r["method"]): r[key] for r in rows}
+    c0, c1 = min(cfg.classes), max(cfg.classes)
+    orig0 = t.get((c0, "original"))
+    out = []
+    for m in cfg.methods:
+        lo, hi = t.get((c0, m)), t.get((c1, m))
+        if lo is None and hi is None:
+            continue
+        p0, p1 = t.get((c0, "plain")), t.get((c1, "plain"))
+        out.append(
+            {
+                "model": cfg.model, "method": m, "ms_c_min": lo, "ms_c_max": hi,
+                "c_max_over_c_min": hi / lo if lo and hi else None,
+                "x_plain_c_min": lo / p0 if lo and p0 else None, "x_plain_c_max": hi / p1 if hi and p1 else None,
+                "x_original_c_min": (hi if hi is not None else lo) / orig0 if orig0 else None,
+            }
+        )  # fmt: skip
+    return out
+
+
+def format_summary(cfg: Config, summary: list[dict[str, Any]], on: str = "cpu_min") -> str:
+    c0, c1 = min(cfg.classes), max(cfg.classes)
+    what = {"cpu_min": "min process CPU", "cpu": "median process CPU", "median": "median wall", "min": "min wall"}[on]
+
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    head = (
+        f"{'model':<12}{'method':<11}{f'ms C={c0}':>11}{f'ms C={c1}':>12}{f'C={c1}/C={c0}':>13}"
+        f"{f'x plain@{c0}':>12}{f'x plain@{c1}':>13}{f'x orig@{c0}':>12}"
+    )
+    lines = [f"# {what} ms per step; x orig@{c0}: the step at C={c1} (or C={c0} where only that ran) over the "
+             f"original variant's at C={c0}", head]  # fmt: skip
+    for r in summary:
+        lines.append(
+            f"{r['model']:<12}{r['method']:<11}{f(r['ms_c_min'], '.1f'):>11}{f(r['ms_c_max'], '.1f'):>12}"
+            f"{f(r['c_max_over_c_min'], '.2f'):>13}{f(r['x_plain_c_min'], '.2f'):>12}"
+            f"{f(r['x_plain_c_max'], '.2f'):>13}{f(r['x_original_c_min'], '.2f'):>12}"
+        )
+    one_map = [r for r in summary if r["method"] in ONE_MAP and r["c_max_over_c_min"] is not None]
+    if one_map and c1 > c0:
+        ok = all(r["c_max_over_c_min"] <= 1.1 for r in one_map)
+        detail = ", ".join(f"{r['method']} {r['c_max_over_c_min']:.2f}x" for r in one_map)
+        lines.append(f"TARGET 1 {cfg.model} ({what}) {'PASS' if ok else 'FAIL'}: one-map step at C={c1} within "
+                     f"1.1x of C={c0}: {detail}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def parse(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
     d = Config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -450,15 +552,21 @@ def parse(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--breakdown", action="store_true", help="process CPU time per phase of the step")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 2 reps: a smoke run")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=["cnn"],
+                   help="backbones: the small CNN (--depth, --width) and/or torchvision resnet18, densenet121")
+    p.add_argument("--summary-on", choices=sorted(_SUMMARY_KEYS), default="cpu_min",
+                   help="which time the closing C-max vs C-min summary compares (default: min process CPU time)")
     p.add_argument("--memory-child", nargs=2, metavar=("C", "METHOD"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
         a.classes = a.classes if a.classes != d.classes else [2, 10]
         a.batch, a.size, a.width, a.depth, a.reps = 4, 16, 4, 2, 2
         a.min_time, a.original_budget = 0.0, 1.0
+        if a.models != ["cnn"]:
+            a.batch, a.size = 2, 32
     if min(a.classes) < 2 or a.batch < 1 or a.reps < 1 or a.depth < 1 or a.width < 1:
         p.error("need C >= 2, batch >= 1, reps >= 1, depth >= 1, width >= 1")
-    if a.size % 2 ** (a.depth - 1):
+    if "cnn" in a.models and a.size % 2 ** (a.depth - 1):
         p.error(f"--size {a.size} must be divisible by 2**(depth-1) = {2 ** (a.depth - 1)}")
     cfg = Config(
         classes=sorted(set(a.classes)),
@@ -479,6 +587,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
         memory=a.memory,
         breakdown=a.breakdown,
         quick=a.quick,
+        model=a.models[0],
     )
     return cfg, a
 
@@ -497,6 +606,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(cfg: Config, a: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    out = sys.stdout
+    results, summaries = [], []
+    for name in a.models:
+        cfg_m = replace(cfg, model=name, channels=cfg.channels if name == "cnn" else 3)
+        result = _run_one(cfg_m, a)
+        results.append(result)
+        summaries.append(format_summary(cfg_m, result["summary"], a.summary_on))
+    if len(cfg.classes) > 1:
+        print(f"# summary ({', '.join(a.models)}): each method at C={max(cfg.classes)} against C={min(cfg.classes)}",
+              file=out)  # fmt: skip
+        print("\n".join(summaries), file=out)
+    print(f"# total {time.perf_counter() - started:.0f} s", file=out)
+    out.flush()
+    if a.json:
+        first = dict(results[0])
+        first["models"] = results
+        with open(a.json, "w") as f:
+            json.dump(first, f, indent=1)
+    return 0
+
+
+def _run_one(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
+    """Measure one model; print its table, targets and breakdown; return its results."""
     load0 = os.getloadavg()
     started = time.perf_counter()
     out = sys.stdout
@@ -509,8 +642,7 @@ def _run(cfg: Config, a: argparse.Namespace) -> int:
     )
     print(f"# load average at start: {' '.join(f'{x:.2f}' for x in load0)}", file=out)
     print(
-        f"# model: {cfg.depth} x (Conv3x3 + BatchNorm + ReLU), max-pool 2x2 between, global average pool -> "
-        f"{cfg.features} features -> Linear({cfg.features}, C); train mode; input {cfg.batch}x{cfg.channels}x"
+        f"# model: {describe_model(cfg)}; train mode; input {cfg.batch}x{cfg.channels}x"
         f"{cfg.size}x{cfg.size} (uniform [0, 1]); mask: central {box}x{box} box",
         file=out,
     )
@@ -551,6 +683,10 @@ def _run(cfg: Config, a: argparse.Namespace) -> int:
             f"{'' if r['warm_up'] else ', no warm-up'} ({r['median_ms'] / 1e3:.1f} s per step)",
             file=out,
         )
+    for p, v in info.items():
+        if v.get("nonfinite"):
+            print(f"# note: {p[1]} at C={p[0]}: the loss was not finite in {v['nonfinite']} step(s) (timed all the "
+                  "same; lower --lr for a run that trains)", file=out)  # fmt: skip
     checks = targets(cfg, rows)
     for t in checks:
         verdict = "PASS" if t["pass"] else "FAIL"
@@ -573,21 +709,19 @@ def _run(cfg: Config, a: argparse.Namespace) -> int:
         file=out,
     )
     out.flush()
-    if a.json:
-        result = {
-            "config": asdict(cfg),
-            "load_start": load0,
-            "load_end": load1,
-            "rows": rows,
-            "targets": checks,
-            "memory_mib": None if memory is None else [[c, m, v] for (c, m), v in memory.items()],
-            "breakdown_ms": None
-            if phases is None
-            else [[c, m, {k: 1e3 * v for k, v in ph.items()}] for (c, m), ph in phases.items()],
-        }
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
+    return {
+        "model": cfg.model,
+        "config": asdict(cfg),
+        "load_start": load0,
+        "load_end": load1,
+        "rows": rows,
+        "targets": checks,
+        "summary": summary_rows(cfg, rows, a.summary_on),
+        "memory_mib": None if memory is None else [[c, m, v] for (c, m), v in memory.items()],
+        "breakdown_ms": None
+        if phases is None
+        else [[c, m, {k: 1e3 * v for k, v in ph.items()}] for (c, m), ph in phases.items()],
+    }
 
 
 if __name__ == "__main__":

@@ -80,3 +80,40 @@ def test_peak_memory_in_a_fresh_process(bench, capsys: pytest.CaptureFixture) ->
     rows = _rows(capsys.readouterr().out)
     peak = rows[(2, "plain")][-1]
     assert peak == "-" or (math.isfinite(float(peak)) and float(peak) >= 0), peak
+
+
+def test_torchvision_backbones_share_weights_across_classes(bench) -> None:
+    cfg = bench.Config(model="resnet18", channels=3)
+    a, b = bench.make_model(2, cfg), bench.make_model(7, cfg)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert a.training and b.training and sb["fc.weight"].shape == (7, 512)
+    for k, v in sa.items():
+        if not k.startswith("fc."):
+            assert torch.equal(v, sb[k]), k
+
+
+def test_summary_puts_large_c_beside_small_c(bench, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out_json = tmp_path / "r.json"
+    argv = ["--quick", "--models", "cnn", "resnet18", "--classes", "2", "6", "--methods", "plain", "selective",
+            "original", "--max-original-classes", "2", "--json", str(out_json)]  # fmt: skip
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "# summary (cnn, resnet18): each method at C=6 against C=2" in text
+    assert "torchvision resnet18(weights=None, num_classes=C)" in text and "input 2x3x32x32" in text
+    summary = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 8 and parts[0] in ("cnn", "resnet18"):
+            summary[(parts[0], parts[1])] = parts[2:]
+    for model in ("cnn", "resnet18"):
+        lo, hi, ratio, xp0, xp1, xo = summary[(model, "selective")]
+        assert math.isclose(float(ratio), float(hi) / float(lo), rel_tol=0.02, abs_tol=0.01)
+        assert float(xp0) > 0 and float(xp1) > 0 and float(xo) > 0
+        assert summary[(model, "original")][1] == "-"  # original only at C = 2
+        assert re.search(rf"^TARGET 1 {model} \(min process CPU\) (PASS|FAIL): ", text, re.M)
+    result = json.loads(out_json.read_text())
+    assert [r["model"] for r in result["models"]] == ["cnn", "resnet18"]
+    rows = {(r["model"], r["method"]): r for r in result["models"][1]["summary"]}
+    cpu = {(r["classes"], r["method"]): r["cpu_min_ms"] for r in result["models"][1]["rows"]}
+    want = cpu[(6, "selective")] / cpu[(2, "selective")]
+    assert math.isclose(rows[("resnet18", "selective")]["c_max_over_c_min"], want)
