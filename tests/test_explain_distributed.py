@@ -176,6 +176,29 @@ def test_a_killed_two_process_run_resumes_in_one_and_in_three(runs, capsys, tmp_
     assert _files(three) == _files(runs["reference"]) and _records(three) == _records(runs["reference"])
 
 
+def test_lightning_in_one_process_equals_the_plain_loop(runs, tmp_path, capsys, monkeypatch) -> None:
+    """The Lightning path with one process (what one GPU runs, strategy "auto") on the CPU."""
+    from relprop.batch import runner
+    from relprop.batch.distributed import explain_distributed
+
+    calls: list[int] = []
+
+    def through_lightning(job: Job):  # type: ignore[no-untyped-def]
+        calls.append(job.devices)
+        return explain_distributed(job, "cpu")
+
+    monkeypatch.setattr(runner, "explain_one_process", through_lightning)
+    out = tmp_path / "lightning"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main([*_argv(runs["images"], runs["model"]), "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [1] and code == 2 and "wrote 23 heatmaps" in capsys.readouterr().out
+    assert _files(out) == _files(runs["reference"]) and _records(out) == _records(runs["reference"])
+
+
 def test_bad_process_counts_are_clear_errors(runs, tmp_path, capsys, monkeypatch) -> None:
     argv = [*_argv(runs["images"], runs["model"]), "--out", str(tmp_path / "out")]
     assert main([*argv, "--devices", "0"]) == 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -70,6 +71,7 @@ class _ExplainModule(L.LightningModule):
         self.stopped_by_flag = False
         self._home: torch.device | None = None  # the model's device before setup
         self._bar: Any = None
+        self._lines: _ShardLines | None = None
 
     # -- stopping ------------------------------------------------------------------------------------------------
     def stopping(self) -> bool:
@@ -128,13 +130,14 @@ class _ExplainModule(L.LightningModule):
     def on_predict_start(self) -> None:
         self.stop.install()  # in place of Lightning's SIGTERM handler, registered just before the loop
         self._bar = self.run.progress_bar()
+        self._lines = _ShardLines(self.run) if self.run.rank == 0 else None
 
     def predict_step(self, batch: ImageBatch, batch_idx: int) -> None:
         if self.stopping():
             return  # fetched before the stop: not started
         self.run.explain_batch(batch)
         if self._bar is not None:
-            self._bar.n = _recorded_so_far(self.run)
+            self._bar.n = self._lines.done() if self._lines is not None else self._bar.n
             self._bar.refresh()
 
     def on_predict_end(self) -> None:
@@ -146,15 +149,29 @@ class _ExplainModule(L.LightningModule):
             self._bar = None
 
 
-def _recorded_so_far(run: _Run) -> int:
-    """Images done before this run plus the complete lines in every shard of it (rank 0's progress bar)."""
-    lines = 0
-    for shard in shard_paths(run.job.out):
-        try:
-            lines += shard.read_bytes().count(b"\n")
-        except OSError:
-            pass
-    return run.summary.skipped + run.summary.unreadable_before + lines
+class _ShardLines:
+    """Counts the complete lines of this run's shards, reading only what was appended since the last count (rank
+    0's progress bar: images of all processes)."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.read: dict[Path, tuple[int, int]] = {}  # shard -> (bytes read, newlines in them)
+
+    def count(self) -> int:
+        for shard in shard_paths(self.run.job.out):
+            offset, lines = self.read.get(shard, (0, 0))
+            try:
+                with open(shard, "rb") as f:
+                    f.seek(offset)
+                    new = f.read()
+            except OSError:
+                continue
+            self.read[shard] = (offset + len(new), lines + new.count(b"\n"))
+        return sum(lines for _, lines in self.read.values())
+
+    def done(self) -> int:
+        """Images done before this run plus those recorded in the shards so far."""
+        return self.run.summary.skipped + self.run.summary.unreadable_before + self.count()
 
 
 def _touch_stop_flag(run: _Run) -> Callable[[], None]:
@@ -185,7 +202,7 @@ def explain_distributed(job: Job, accelerator: str) -> Summary:
                 accelerator=accelerator,
                 devices=job.devices,
                 num_nodes=job.num_nodes,
-                strategy="ddp",
+                strategy="ddp" if run.world > 1 else "auto",  # one process (a GPU): no process group
                 logger=False,
                 enable_checkpointing=False,
                 enable_model_summary=False,
