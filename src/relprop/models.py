@@ -31,7 +31,7 @@ from .errors import ModelLoadError
 
 __all__ = [
     "BACKBONES", "CHECKPOINT_KEYS", "TIMM_PREFIX", "DigitsCNN", "LeNet5", "ModelLoadError", "SmallResNet",
-    "build_model", "load_advertorch_lenet5", "load_mnist_digits", "load_model", "read_weights",
+    "build_model", "digits_resnet18", "load_advertorch_lenet5", "load_mnist_digits", "load_model", "read_weights",
 ]  # fmt: skip
 
 ADVERTORCH_FILES = {
@@ -403,8 +403,46 @@ class SmallResNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.stages(self.stem(x)))))
 
 
+def digits_resnet18(
+    num_classes: int = 10, in_channels: int = 1, width: int = 64, stem_stride: int = 1
+) -> nn.Module:
+    """torchvision's ResNet18 adapted to small single-channel canvases (e.g. 1×40×40 biased digits).
+
+    The ISNet authors' digits backbone is a ResNet18. This is ``torchvision.models.resnet.ResNet`` with
+    ``BasicBlock`` and layers (2, 2, 2, 2), but a stem suited to a 40-pixel canvas: a 3×3 convolution with
+    ``in_channels`` inputs and stride ``stem_stride`` (instead of 7×7 stride 2) and no max-pooling, so the four
+    stages see 40², 20², 10² and 5² feature maps (with ``stem_stride=1``). ``width`` is the first stage's width
+    (stages w, 2w, 4w, 8w): 64 is torchvision's ResNet18; smaller widths fit a CPU budget. Initialisation as
+    torchvision's (Kaiming-normal convolutions, BatchNorm weight 1 and bias 0).
+    """
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width),
+                        ("stem_stride", stem_stride)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"digits_resnet18({name}={value!r}): must be a positive integer")
+    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    w = width
+    net.inplanes = w
+    net.conv1 = nn.Conv2d(in_channels, w, 3, stride=stem_stride, padding=1, bias=False)
+    net.bn1 = nn.BatchNorm2d(w)
+    net.maxpool = nn.Identity()
+    net.layer1 = net._make_layer(BasicBlock, w, 2)
+    net.layer2 = net._make_layer(BasicBlock, 2 * w, 2, stride=2)
+    net.layer3 = net._make_layer(BasicBlock, 4 * w, 2, stride=2)
+    net.layer4 = net._make_layer(BasicBlock, 8 * w, 2, stride=2)
+    net.fc = nn.Linear(8 * w, num_classes)
+    for m in net.modules():  # torchvision's initialisation, for the replaced modules too
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
 #: backbone names :func:`build_model` knows besides torchvision's architectures and ``timm:NAME``
-BACKBONES = ("digits_cnn", "lenet5", "small_resnet")
+BACKBONES = ("digits_cnn", "digits_resnet18", "lenet5", "small_resnet")
 #: the prefix of a timm architecture name in a model spec (``timm:resnet18``)
 TIMM_PREFIX = "timm:"
 
@@ -434,6 +472,8 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
             return LeNet5(**kwargs)
         if name == "small_resnet":
             return SmallResNet(**kwargs)
+        if name == "digits_resnet18":
+            return digits_resnet18(**kwargs)
     except TypeError as exc:
         raise ModelLoadError(f"model spec {dict(spec)!r}: {exc}") from exc
     if _is_hub(name) or name.startswith(TIMM_PREFIX):

