@@ -1,41 +1,141 @@
-"""The CXR study's pipeline on tiny sizes (numbers meaningless; structure and resumption) and its metrics."""
+"""The CXR-style reproduction study: its pipeline on tiny sizes (numbers meaningless; structure, resumption,
+the lung-only reference, the target check) and its metrics."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
-from relprop.cli import main
-from relprop.studies.cxr import macro_f1, roc_auc
+from relprop.studies import cxr
+from relprop.studies.cxr import (
+    QUICK,
+    RunSpec,
+    StudySettings,
+    ablated,
+    build,
+    evaluate_model,
+    load_splits,
+    macro_f1,
+    roc_auc,
+    target_check,
+)
 
 
-def test_quick_cxr_study_writes_report_and_reuses_finished_runs(tmp_path: Path, capsys) -> None:
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("cxr-cache"))
+
+
+def test_quick_study_writes_report_and_reuses_finished_runs(tmp_path: Path, cache: str, capsys) -> None:
+    torch.set_num_threads(1)
     out, work = tmp_path / "report", tmp_path / "work"
-    argv = ["study", "cxr", "--out", str(out), "--work", str(work), "--quick", "--jobs", "1",
-            "--seeds", "0", "1",
-            "--methods", "plain", "selective", "--data-cache", str(tmp_path / "cache")]  # fmt: skip
-    assert main(argv) == 0
+    argv = ["--out", str(out), "--work", str(work), "--quick", "--jobs", "1", "--seeds", "0",
+            "--methods", "lung_only", "plain", "selective", "--ablations", "P0.5", "--data-cache", cache]  # fmt: skip
+    assert cxr.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["aggregate"]) == {"plain", "selective"}
+    rows = results["aggregate"]["small_resnet"]
+    assert set(rows) == {"lung_only", "plain", "selective", "selective+P0.5"}
     assert len(results["runs"]) == 4
     for run in results["runs"]:
-        for split in ("test_id", "external"):
-            metrics = run["tests"][split]
+        assert set(run["tests"]) == {"test_id", "external_markers", "external_acquisition"}
+        for split, metrics in run["tests"].items():
             for key in ("accuracy", "f1", "auc", "background_share"):
-                assert 0.0 <= metrics[key] <= 1.0, (run["method"], split, key, metrics[key])
+                assert 0.0 <= metrics[key] <= 1.0, (run["label"], split, key, metrics[key])
+            assert (run["method"] == "lung_only") == math.isnan(metrics["artefact_effect"])
+        assert run["settings"]["P"] == (0.5 if run["ablation"] == "P0.5" else 0.7)
+    assert [c["method"] for c in results["targets"]] == ["selective"]
     report = (out / "report.md").read_text()
-    assert "relprop study cxr --out" in report and "## What the numbers say" in report
-    assert "| plain |" in report and "| selective |" in report and "vs plain" in report
-    assert (out / "heatmaps_external.png").is_file() and (out / "curves.png").is_file()
-    done = work / "selective-seed1" / "evaluation.json"
+    for text in ("python -m relprop.studies.cxr --out", "## Target check", "## Ablations", "| P0.5 (P = 0.5) |",
+                 "| lung_only |", "external_acquisition", "What the heatmaps show", "## Compute"):  # fmt: skip
+        assert text in report, text
+    assert (out / "heatmaps_external_small_resnet.png").is_file() and (out / "curves.png").is_file()
+    done = next((work / "small_resnet").glob("selective+P0.5-*-seed0")) / "evaluation.json"
     stamp = done.stat().st_mtime_ns
-    assert main(argv) == 0  # finished runs are reused, not retrained
+    assert cxr.main(argv) == 0  # finished runs are reused, not retrained
     assert done.stat().st_mtime_ns == stamp
-    assert main(argv[:-3] + ["nonsense", "--data-cache", argv[-1]]) == 2
-    assert "unknown method(s) nonsense" in capsys.readouterr().err
+    assert cxr.main([*argv[:-2], "--ablations", "nonsense", "--data-cache", cache]) == 2
+    assert "unknown method(s) or ablation(s) nonsense" in capsys.readouterr().err
+
+
+def test_splits_hold_out_each_external_hospital_with_its_ground_truth(cache: str) -> None:
+    splits = load_splits(QUICK, cache)
+    assert set(splits) == {"train", "val", "test_id", "external_markers", "external_acquisition"}
+    paths = {name: set(s.paths) for name, s in splits.items()}
+    names = list(paths)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not paths[a] & paths[b], (a, b)
+    hospital = {name: {Path(p).name.rsplit("_", 1)[0] for p in ps} for name, ps in paths.items()}
+    assert hospital["external_markers"] == {"hospital_c"} and hospital["external_acquisition"] == {"hospital_d"}
+    assert hospital["train"] | hospital["val"] | hospital["test_id"] == {"hospital_a", "hospital_b"}
+    for s in splits.values():
+        assert s.evidence.shape == s.artefact.shape == s.clean.shape == s.images.shape
+        assert not (s.evidence & (s.masks == 0)).any() and not (s.artefact & (s.masks == 1)).any()
+        has_evidence = s.evidence.flatten(1).any(1)
+        assert torch.equal(has_evidence, s.labels == 1)  # opacity images only
+        diff = (s.images - s.clean).abs()  # markers change the image only where their alpha is
+        assert diff[~s.artefact].max() <= 0.1 + 1 / 255 and diff[s.artefact].max() > 0.2
+    lung = splits["test_id"].dataset(lung_only=True)
+    x, m, _ = lung[0]
+    assert (x[m == 0] == 0).all() and torch.equal(x[m == 1], splits["test_id"].images[0][m == 1])
+
+
+def test_lung_only_evaluation_ignores_the_background(cache: str) -> None:
+    torch.manual_seed(0)
+    split = load_splits(QUICK, cache)["external_markers"]
+    model = build(cxr.model_spec("small_resnet", QUICK)).eval()
+    noisy = replace(split, images=torch.where(split.masks > 0, split.images, torch.rand_like(split.images)))
+    a = evaluate_model(model, split, lung_only=True, device="cpu")
+    b = evaluate_model(model, noisy, lung_only=True, device="cpu")
+    assert a == pytest.approx(b, nan_ok=True)
+    c = evaluate_model(model, noisy, lung_only=False, device="cpu")
+    assert c["background_share"] != pytest.approx(b["background_share"])
+
+
+def test_densenet121_gets_one_input_channel() -> None:
+    model = build(cxr.model_spec("densenet121", QUICK))
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 1 and model(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+
+
+def test_run_keys_and_ablations_change_one_thing() -> None:
+    s = StudySettings()
+    for name in cxr.ABLATIONS:
+        changed = {k for k, v in vars(ablated(s, name)).items() if v != getattr(s, k)}
+        assert changed == {cxr.ABLATIONS[name][0]}, name
+    assert ablated(s, "epochs2x").epochs == 2 * s.epochs
+    a = RunSpec("selective", "small_resnet", 0, s)
+    assert a.key() == RunSpec("selective", "small_resnet", 1, s).key() != RunSpec("selective", "small_resnet", 0,
+                                                                                    ablated(s, "P0.5")).key()
+    assert a.folder(Path("w")) != RunSpec("selective", "small_resnet", 1, s).folder(Path("w"))
+
+
+def _row(values: list[float]) -> dict[str, object]:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return {"seeds": list(range(len(values))),
+            "external_markers/accuracy": {"mean": mean, "std": std, "values": values}}  # fmt: skip
+
+
+def test_target_check_compares_with_plain_spread_and_lung_only() -> None:
+    agg = {"small_resnet": {
+        "plain": _row([0.60, 0.62, 0.64]),  # mean 62, std 2
+        "lung_only": _row([0.80, 0.80, 0.80]),
+        "selective": _row([0.76, 0.77, 0.78]),  # +15 above plain, 3 below lung_only: met
+        "stochastic": _row([0.63, 0.64, 0.65]),  # +2 above plain: not more than the std (2.0 vs 1.0 → 2.0)
+        "dual": _row([0.70, 0.72, 0.74]),  # +10 but 8 below lung_only
+    }}  # fmt: skip
+    checks = {c["method"]: c for c in target_check(agg)}
+    assert set(checks) == {"selective", "stochastic", "dual"}
+    assert checks["selective"]["met"] and checks["selective"]["vs_plain"] == pytest.approx(15.0)
+    assert checks["selective"]["gap_to_lung_only"] == pytest.approx(3.0)
+    assert not checks["stochastic"]["above_plain"] and checks["stochastic"]["spread"] == pytest.approx(2.0)
+    assert checks["dual"]["above_plain"] and not checks["dual"]["within_5_of_lung_only"] and not checks["dual"]["met"]
 
 
 def test_roc_auc_matches_pairwise_count_with_ties() -> None:
