@@ -18,7 +18,8 @@ _STUDIES = {
     "rlrp": "R-LRP against classical LRP, presets and gradients (under 30 min on 2 cores; --quick: seconds)",
     "isnet": "plain vs RRR vs ISNet variants (ours and the authors' mode) on biased digits, small CNN and ResNet18, "
     "3 seeds, ablations (about 4 h on 2 cores); resumable",
-    "cxr": "plain vs RRR vs ISNet variants on the chest-X-ray-style benchmark, external test; resumable",
+    "cxr": "lung-only ceiling, plain, RRR, ISNet variants on the chest-X-ray-style benchmark, two external tests, "
+    "2 backbones, 3 seeds, ablations (about 4 h on 2 cores); resumable",
 }
 
 
@@ -40,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p = studies.add_parser(
             name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
         )
+        if name == "cxr":  # the study defines its own options (also: python -m relprop.studies.cxr)
+            module.add_arguments(p)
+            continue
         p.add_argument("--out", required=True, type=Path, metavar="DIR",
                        help="folder for report.md, results.json, PNGs")
         p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; numbers not meaningful)")
@@ -57,20 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         if name == "isnet":
             _isnet_options(p, module)
             continue
-        p.add_argument("--methods", nargs="+", default=list(module.DEFAULT_METHODS), metavar="M",
-                       help=f"methods (default {' '.join(module.DEFAULT_METHODS)})")  # fmt: skip
-        if name == "cxr":
-            p.add_argument("--costly-seeds", nargs="+", type=int, default=None, metavar="S",
-                           help="seeds for dual and original only (default: --seeds)")  # fmt: skip
-        p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10)")
-        p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default 2)")
-        p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``relprop study NAME``; ``rlrp`` runs in a child process (see :func:`run_in_child`)."""
-    from dataclasses import replace
-
     from ..errors import UsageError
 
     if args.study == "rlrp":
@@ -90,25 +84,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _run_isnet(args, argv)
     from ..studies import cxr
 
-    module = cxr
-    settings = module.QUICK if args.quick else module.StudySettings()
-    if args.epochs is not None:
-        settings = replace(settings, epochs=args.epochs)
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
-    if settings.epochs < 1:
-        raise UsageError(f"--epochs {settings.epochs}: must be at least 1")
-    extra: dict[str, Any] = {}
-    if args.study == "cxr" and args.costly_seeds:
-        extra["seeds_for"] = {m: args.costly_seeds for m in ("dual", "original")}
-    try:
-        module.run_study(
-            args.out, methods=args.methods, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
-            cache_dir=args.data_cache, command=command_line(argv), **extra,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt("finished runs are kept under --work and reused next time") from None
-    return 0
+    return cxr.run_cli(args, command_line(argv))
 
 
 def _isnet_options(p: argparse.ArgumentParser, module: Any) -> None:
@@ -152,6 +128,9 @@ def _isnet_options(p: argparse.ArgumentParser, module: Any) -> None:
                    help=f"recipe elements to ablate (default {' '.join(d.ablations)})")
     p.add_argument("--ablation-seeds", nargs="+", type=int, default=None, metavar="S",
                    help=f"seeds of the ablation runs (default {' '.join(map(str, d.ablation_seeds))})")
+    p.add_argument("--checkpoint", choices=("best", "last"), default=None,
+                   help=f"evaluate the lowest-validation-loss epoch (best, as the authors) or the last (default "
+                        f"{d.checkpoint})")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each on the CPU (default 2)")
     p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
 
@@ -169,7 +148,7 @@ def _run_isnet(args: argparse.Namespace, argv: Sequence[str]) -> int:
     methods = args.methods if args.methods is not None else (list(isnet.AUTHORS_METHODS) if args.authors else None)
     changes: dict[str, Any] = {}
     for name in ("device", "source", "n_train", "n_test", "epochs", "batch_size", "lr", "P", "foreground",
-                 "tune_epochs", "width", "resnet_width", "resnet_stem_stride"):  # fmt: skip
+                 "tune_epochs", "width", "resnet_width", "resnet_stem_stride", "checkpoint"):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -188,6 +167,9 @@ def _run_isnet(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise UsageError(f"--P {changes['P']}: must lie in [0, 1]")
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    if args.authors and changes.get("source") == "fashion":  # all of Fashion-MNIST unless sizes are given
+        changes.setdefault("n_train", 59500)
+        changes.setdefault("n_test", 10000)
     settings = replace(settings, **changes)
     from ..studies.common import accelerator_of
 

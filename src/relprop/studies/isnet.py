@@ -121,6 +121,7 @@ class StudySettings:
     ablations: tuple[str, ...] = ("tuning", "P", "epochs", "foreground", "lr")
     ablation_seeds: tuple[int, ...] = (0,)
     diagnostics_n: int = 500  #: deceiving / unbiased images for the artefact-effect and tiling measures
+    checkpoint: str = "best"  #: evaluate "best" (lowest validation loss, as the authors) or "last" epoch's weights
     device: str = "cpu"
 
 
@@ -286,7 +287,8 @@ def run_key(backbone: str, method: str, seed: int, s: StudySettings) -> str:
     from ..data.cache import content_key
 
     payload = {"spec": model_spec(backbone, s), "data": asdict(data_config(s)),
-               "train": train_config(method, seed, s).to_dict(), "diagnostics_n": s.diagnostics_n}  # fmt: skip
+               "train": train_config(method, seed, s).to_dict(), "diagnostics_n": s.diagnostics_n,
+               "checkpoint": s.checkpoint}  # fmt: skip
     return content_key(payload)[:10]
 
 
@@ -328,7 +330,7 @@ def run_one(job: Job) -> dict[str, Any]:
     config = train_config(job.method, job.seed, s)
     fitted = fit_run(config.method, config.selective_class, job.seed, s, spec, splits, folder, config=config,
                      device=s.device)  # fmt: skip
-    model = fitted.model.to(s.device)
+    model = trained_model(folder, s, fitted.model).to(s.device)
     tests = evaluate(model, {t: _on(splits[t], s.device) for t in TEST_SPLITS}, progress=False)
     tests["test_deceiving"].update(shortcut(model, splits, s))
     record = {
@@ -339,6 +341,20 @@ def run_one(job: Job) -> dict[str, Any]:
     }  # fmt: skip
     write_json(done, record)
     return record
+
+
+def trained_model(folder: Path, s: StudySettings, last: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The run's evaluated model in eval mode on the CPU: the lowest-validation-loss epoch's (``best.ckpt``) with
+    ``s.checkpoint == "best"`` (where it exists), else the last epoch's (``last``, if given, or ``last.ckpt``)."""
+    from ..isnet import load_checkpoint
+    from ..models import build_model
+
+    if s.checkpoint not in ("best", "last"):
+        raise UsageError(f"checkpoint={s.checkpoint!r}: use 'best' or 'last'")
+    if s.checkpoint == "best" and (folder / "best.ckpt").is_file():
+        model: torch.nn.Module = load_checkpoint(folder / "best.ckpt", build_model)[0]
+        return model.eval()
+    return last.eval() if last is not None else load_run_model(folder)
 
 
 def _artefact_boxes(dataset: Any, k: int, s: StudySettings) -> torch.Tensor:
@@ -538,7 +554,7 @@ def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Mapping[s
         for m in methods.get(backbone, ()):
             folder = run_dir(Job(backbone, m, seed, s, str(work), ""))
             if any(r["method"] == m and r["seed"] == seed for r in main) and (folder / "last.ckpt").is_file():
-                models[m] = load_run_model(folder)
+                models[m] = trained_model(folder, s)
         names = []
         if models:
             splits = splits or _splits(s, cache_dir)
@@ -633,7 +649,9 @@ def _recipe_lines(s: Mapping[str, Any]) -> list[str]:
         f"- Recipe (every run): SGD lr {s['lr']}, momentum {s['momentum']}, batch {s['batch_size']}, "
         f"{s['epochs']} epochs, gradient-norm clipping at {s['clip']}; ISNet loss P = {s['P']}, GWRP d = 0.9, "
         f"E = A = B = 1, foreground term '{s['foreground']}', {tune}; RRR λ = {s['rrr_lambda']}. Device "
-        f"{s['device']}" + (", one thread per run." if s["device"] == "cpu" else "."),
+        f"{s['device']}" + (", one thread per run" if s["device"] == "cpu" else "") + ". Evaluated: the "
+        + ("epoch with the lowest validation loss (as the authors)" if s.get("checkpoint", "best") == "best"
+           else "last epoch") + ".",
     ]
 
 
