@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv and installs relprop with everything the demo and the tests need.
+# Creates .venv and installs relprop with everything the demo, the tests and the documentation site need.
 # torch and torchvision are pinned here (the package itself accepts a range).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=".venv/bin/python -m pip"
 $PIP install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-$PIP install -q --disable-pip-version-check -e ".[dev]"
+$PIP install -q --disable-pip-version-check -e ".[dev,docs]"   # docs: the documentation site (scripts/docs.sh)
 # zennit is our reference for classical rules (tests and benchmarks only, LGPL, never vendored).
 # 1.0.0 declares python<3.11, hence --ignore-requires-python; its dependencies are installed above.
 $PIP install -q --disable-pip-version-check --no-deps --ignore-requires-python "zennit==1.0.0"
