@@ -296,3 +296,48 @@ def test_errors() -> None:
         ISNetMaps(_tiny().eval(), "selective", selective_class="label")(torch.rand(2, 1, 12, 12))
     with pytest.raises(InputError, match="3 labels for a batch of 2"):
         ISNetMaps(_tiny().eval(), "selective", selective_class="label")(torch.rand(2, 1, 12, 12), torch.arange(3))
+
+
+@pytest.mark.parametrize("match", ["relprop", "authors"])
+@pytest.mark.parametrize("variant", ["original", "selective", "stochastic"])
+def test_hidden_layer_maps_come_from_the_same_seeds_as_the_pixel_maps(variant: str, match: str) -> None:
+    m = _tiny().train().double()
+    x = torch.rand(5, 1, 12, 12, dtype=torch.float64)
+    names = ["2", "3", "6"]  # ReLU after the folded Conv+BN, the max-pooling, the hidden Linear's ReLU
+    isnet_maps = ISNetMaps(m, variant, match=match, hidden_layers=names)
+    logits, maps, hidden = isnet_maps.maps_and_hidden(x, create_graph=False, generator=torch.Generator().manual_seed(1))
+    k = maps_per_image(variant, 4)
+    assert set(hidden) == set(names)
+    assert hidden["2"].shape == (5, k, 4, 12, 12) and hidden["3"].shape == (5, k, 4, 6, 6)
+    assert hidden["6"].shape == (5, k, 12)
+    # the same output relevance as the pixel maps: one explainer pass per map with that seed gives both
+    if variant == "original":
+        seeds = [logits * F.one_hot(torch.full((5,), c), 4).double() for c in range(4)]
+    elif variant == "stochastic":
+        idx = stochastic_classes(logits, torch.Generator().manual_seed(1), isnet_maps.top_probability)
+        seeds = [logits * F.one_hot(idx, 4).double()]
+    else:
+        seeds = [logits * log_odds_gradient(logits, logits.argmin(1), isnet_maps.selective_delta)]
+    preset = "isnet_authors" if match == "authors" else isnet()
+    for j, seed in enumerate(seeds):
+        e = relprop.Explainer(m, preset).explain(x, seed, layers=names)
+        torch.testing.assert_close(maps[:, j], e.relevance, rtol=1e-9, atol=1e-12)
+        for name in names:
+            torch.testing.assert_close(hidden[name][:, j], e.layers[name], rtol=1e-9, atol=1e-12)
+            assert float(hidden[name][:, j].abs().max()) > 0
+    # the plain call returns the pixel maps only, and hidden maps are differentiable in training
+    _, again = isnet_maps(x, create_graph=False, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(again, maps, rtol=0, atol=0)
+    _, _, diff = isnet_maps.maps_and_hidden(x, generator=torch.Generator().manual_seed(1))
+    assert all(t.requires_grad for t in diff.values())
+
+
+def test_hidden_layer_errors() -> None:
+    with pytest.raises(ValueError, match="list of module names"):
+        ISNetMaps(_tiny(), "selective", hidden_layers="3")
+    with pytest.raises(ValueError, match="grad_input.*hidden"):
+        ISNetMaps(_tiny(), "grad_input", hidden_layers=["3"]).maps_and_hidden(torch.rand(2, 1, 12, 12))
+    with pytest.raises(relprop.errors.UsageError, match="no submodule 'nope'"):
+        ISNetMaps(_tiny(), "selective", hidden_layers=["nope"]).maps_and_hidden(torch.rand(2, 1, 12, 12))
+    _, _, none = ISNetMaps(_tiny().eval(), "selective").maps_and_hidden(torch.rand(2, 1, 12, 12))
+    assert none == {}

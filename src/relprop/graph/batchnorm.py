@@ -4,12 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .kinds import BATCHNORM_MODULES
+
+#: where :func:`batch_statistics_counts` is active: per BatchNorm module, the fewest values per channel seen
+_COUNTS: ContextVar[dict[nn.Module, int] | None] = ContextVar("relprop_batch_statistics_counts", default=None)
+
+
+@contextmanager
+def batch_statistics_counts() -> Iterator[dict[nn.Module, int]]:
+    """Within this block every BatchNorm forward the engine runs with batch statistics records, per module, the
+    number of values each channel's statistics are computed over (batch size × spatial size; the fewest if the
+    module runs more than once). With very few (a 1×1 map in a batch of 2) the batch variance is far below the
+    squared mean and the normalisation is near-degenerate."""
+    counts: dict[nn.Module, int] = {}
+    token = _COUNTS.set(counts)
+    try:
+        yield counts
+    finally:
+        _COUNTS.reset(token)
 
 
 def batch_norm_with_stats(bn: nn.Module, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
@@ -23,6 +41,10 @@ def batch_norm_with_stats(bn: nn.Module, x: Tensor) -> tuple[Tensor, tuple[Tenso
     """
     plain = type(bn) in BATCHNORM_MODULES and not (bn._forward_hooks or bn._forward_pre_hooks)
     assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+    record = _COUNTS.get()
+    if record is not None and uses_batch_statistics(bn) and x.dim() >= 2 and x.shape[1] > 0:
+        n = x.numel() // x.shape[1]
+        record[bn] = min(n, record.get(bn, n))
     if not plain or not (bn.training or bn.running_mean is None) or x.dim() not in (2, 3, 4, 5):
         return bn(x), None
     bn._check_input_dim(x)
@@ -111,4 +133,6 @@ def running_stats_kept(model: nn.Module) -> Iterator[None]:
             m._buffers[name] = t
 
 
-__all__ = ["batch_norm_with_stats", "bn_affine", "running_stats_kept", "uses_batch_statistics"]
+__all__ = [
+    "batch_norm_with_stats", "batch_statistics_counts", "bn_affine", "running_stats_kept", "uses_batch_statistics",
+]  # fmt: skip

@@ -48,6 +48,7 @@ where it differs:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -60,6 +61,7 @@ from ..composites import Composite, isnet_authors, isnet_zplus
 from ..composites import isnet as isnet_composite
 from ..errors import InputError
 from ..explainer import Explainer
+from ..graph.batchnorm import batch_statistics_counts
 from .loss import ConfigError, check_labels, check_mask
 
 VARIANTS = ("original", "dual", "selective", "stochastic", "grad_input")
@@ -70,6 +72,12 @@ Match = Literal["relprop", "authors"]
 #: the default selective δ and the stochastic variant's probability of the top logit, per ``match``
 SELECTIVE_DELTA = {"relprop": 1e-7, "authors": 0.01}
 TOP_PROBABILITY = {"relprop": 0.5, "authors": 5 / 11}
+#: a training-mode BatchNorm over fewer values per channel than this gets a DegenerateBatchStatisticsWarning
+MIN_BATCH_STATISTICS = 5
+
+
+class DegenerateBatchStatisticsWarning(UserWarning):
+    """A BatchNorm in training mode normalises over so few values per channel that the maps can explode."""
 
 
 def maps_per_image(variant: str, num_classes: int) -> int:
@@ -150,6 +158,7 @@ class ISNetMaps:
         self.selective_delta = float(selective_delta)
         self.top_probability = TOP_PROBABILITY[match]
         self.hidden_layers = tuple(hidden_layers)
+        self._warned = False
         self._explainer: Explainer | None = None
         self._zplus: Composite | None = None
         if variant != "grad_input":
@@ -196,7 +205,10 @@ class ISNetMaps:
         ex = self._explainer
         assert ex is not None
         others = [self._zplus] if self._zplus is not None else []
-        forward = ex.forward(x, composites=others, create_graph=create_graph, update_stats=True)
+        with batch_statistics_counts() as counts:
+            forward = ex.forward(x, composites=others, create_graph=create_graph, update_stats=True)
+        if counts and not self._warned:
+            self._warn_if_degenerate(counts, tuple(x.shape))
         pixel: list[Tensor] = []
         hidden: dict[str, list[Tensor]] = {name: [] for name in layers}
         for composite, seed in self._seeds(forward.logits, labels, generator):
@@ -205,6 +217,28 @@ class ISNetMaps:
             for name in layers:
                 hidden[name].append(e.layers[name])
         return forward.logits, torch.stack(pixel, 1), {name: torch.stack(v, 1) for name, v in hidden.items()}
+
+    def _warn_if_degenerate(self, counts: Mapping[nn.Module, int], shape: tuple[int, ...]) -> None:
+        """Warn (once per ISNetMaps) when a training-mode BatchNorm normalises over very few values per channel."""
+        bn, n = min(counts.items(), key=lambda kv: kv[1])
+        if n >= MIN_BATCH_STATISTICS:
+            return
+        self._warned = True
+        name = next((k for k, m in self.model.named_modules() if m is bn), type(bn).__name__)
+        how = (
+            "through detached batch statistics each such BatchNorm's shift (-mean·γ/σ) nearly cancels its scaled "
+            "input, and LRP-ε multiplies the relevance by about |mean|/σ per layer"
+            if self.match == "relprop"
+            else "the batch statistics are near-degenerate and their gradient is ill-conditioned"
+        )
+        warnings.warn(
+            f"BatchNorm '{name}' normalises over only {n} values per channel in training mode (input {shape}); "
+            f"{how}, so the ISNet maps can explode (DenseNet121 at 32x32 in batches of 2: 1e21). Use a larger batch "
+            f"or input (at least {MIN_BATCH_STATISTICS}, better 8 or more, values per channel at the deepest "
+            "BatchNorm), or the model in eval mode",
+            DegenerateBatchStatisticsWarning,
+            stacklevel=4,
+        )
 
     def _seeds(
         self, logits: Tensor, labels: Tensor | None, generator: torch.Generator | None
@@ -300,5 +334,6 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, create_graph: bool
 
 
 __all__ = [
-    "ISNetMaps", "MATCHES", "VARIANTS", "log_odds_gradient", "maps_per_image", "rrr_penalty", "stochastic_classes",
+    "DegenerateBatchStatisticsWarning", "ISNetMaps", "MATCHES", "VARIANTS", "log_odds_gradient", "maps_per_image",
+    "rrr_penalty", "stochastic_classes",
 ]  # fmt: skip
