@@ -62,6 +62,16 @@ def test_quick_study_writes_report_and_reuses_finished_runs(tmp_path: Path, cach
     assert "unknown method(s) or ablation(s) nonsense" in capsys.readouterr().err
 
 
+def test_relprop_study_cxr_has_the_study_options(tmp_path: Path, cache: str, capsys) -> None:
+    from relprop.cli import main
+
+    argv = ["study", "cxr", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"), "--quick",
+            "--methods", "plain", "nonsense", "--data-cache", cache]  # fmt: skip
+    assert main(argv) == 2
+    assert "unknown method(s) or ablation(s) nonsense" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_splits_hold_out_each_external_hospital_with_its_ground_truth(cache: str) -> None:
     splits = load_splits(QUICK, cache)
     assert set(splits) == {"train", "val", "test_id", "external_markers", "external_acquisition"}
