@@ -314,3 +314,39 @@ def test_workers_give_the_same_files(folder, tmp_path, capsys) -> None:
     assert _run(capsys, _argv(f, tmp_path / "w0", "--save-raw"))[0] == 2
     assert _run(capsys, _argv(f, tmp_path / "w2", "--save-raw", "--workers", 2))[0] == 2
     assert _files(tmp_path / "w2") == _files(tmp_path / "w0") and len(_files(tmp_path / "w0")) == 21
+
+
+def test_shards_fold_into_the_manifest_once(tmp_path) -> None:
+    """Shards of a run with several processes (see test_explain_distributed.py) are newer than the manifest; a fold
+    killed after appending but before removing the shards, or in the middle of appending, is folded again without
+    a line twice."""
+    from relprop.batch.explain_folder import Manifest, shard_path
+
+    def line(image: str, status: str = "ok", heatmap: str | None = None) -> bytes:
+        rec = {"image": image, "status": status, "heatmap": heatmap or f"{image}_heatmap.png", "source": {"size": 1}}
+        return json.dumps(rec).encode() + b"\n"
+
+    old = [line("a", "unreadable"), line("b")]
+    shards = [[line("a"), line("c")], [line("d"), line("e")]]
+    (tmp_path / MANIFEST).write_bytes(b"".join(old) + b'{"image": "torn')
+    for r, lines in enumerate(shards):
+        shard_path(tmp_path, r).write_bytes(b"".join(lines) + (b'{"ima' if r else b""))
+    m = Manifest.read(tmp_path / MANIFEST)
+    assert m.records["a"]["status"] == "ok" and sorted(m.records) == ["a", "b", "c", "d", "e"]  # shards are newer
+    assert m.pending == shards[0] + shards[1]
+
+    whole = b"".join(old + shards[0] + shards[1])
+    for appended in (2, 4):  # killed after appending two of the four lines, or all of them, shards still there
+        (tmp_path / MANIFEST).write_bytes(b"".join(old + (shards[0] + shards[1])[:appended]) + b'{"tor')
+        m = Manifest.read(tmp_path / MANIFEST)
+        assert m.pending == (shards[0] + shards[1])[appended:]
+        m.fold()
+        assert (tmp_path / MANIFEST).read_bytes() == whole
+        assert not list(tmp_path.glob("manifest-rank*")) and Manifest.read(tmp_path / MANIFEST).records == m.records
+        for r, lines in enumerate(shards):
+            shard_path(tmp_path, r).write_bytes(b"".join(lines))
+
+    m = Manifest.read(tmp_path / MANIFEST)
+    m.clear()
+    m.fold(fresh=True)  # a fresh run: manifest and shards emptied
+    assert (tmp_path / MANIFEST).read_bytes() == b"" and not list(tmp_path.glob("manifest-rank*"))
