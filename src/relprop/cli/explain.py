@@ -159,6 +159,7 @@ def _plural(n: int, noun: str) -> str:
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Explain the image or folder ``args.input``; print one summary line."""
+    import os
     import time
 
     import torch
@@ -202,7 +203,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--target {args.target!r}: use 'predicted' or a class index") from None
 
     model = load_model(args.model, args.weights, args.num_classes)
-    if args.weights is None and not Path(args.model).is_file() and not isinstance(model, LeNet5):
+    random = args.weights is None and not Path(args.model).is_file() and not isinstance(model, LeNet5)
+    if random and os.environ.get("LOCAL_RANK", "0") == "0":  # Lightning's further processes (--devices N) stay quiet
         warn(
             f"{args.model} has random weights (no --weights file given; nothing is downloaded), so its heatmaps "
             "show no learned evidence"
