@@ -27,25 +27,23 @@ Relu = Callable[[torch.Tensor], torch.Tensor]
 
 
 # -- the reference ---------------------------------------------------------------------------------------------------
-class _FlexReLU(torch.autograd.Function):
-    """ReLU whose backward is g · a / (a + ε) (a = its output), the authors' DenoiseReLU hook."""
+_LRP = {"on": False}  # the authors' globals.LRP: the ReLU hooks act only inside the LRP-Flex backward
 
-    @staticmethod
-    def forward(ctx, z):  # type: ignore[no-untyped-def, override]
-        a = z.clamp(min=0)
-        ctx.save_for_backward(a)
-        return a
 
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[no-untyped-def, override]
-        (a,) = ctx.saved_tensors
-        return g * a / (a + EPS)
+def _hooked_relu(z: torch.Tensor) -> torch.Tensor:
+    """ReLU whose backward multiplies the gradient by a / (a + ε) (a = its output, kept differentiable) while the
+    LRP-Flex gradient is taken, the authors' DenoiseReLU hook; a plain ReLU in any later backward (the loss's)."""
+    a = torch.relu(z)
+    if a.requires_grad:
+        a.register_hook(lambda g: g * a / (a + EPS) if _LRP["on"] else g)
+    return a
 
 
 def _zb_first_layer(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Their ZbRuleConvInputRule / ZbRuleConvBNInputRule with l = 0, h = 1 (FuseBN, stabilizer, detach=True)."""
+    """Their ZbRuleConvInputRule / ZbRuleConvBNInputRule with l = 0, h = 1 (FuseBN, stabilizer, detach=True): the
+    conv bias, the BatchNorm's shift and its statistics detached, the weights and the BatchNorm's scale not."""
     low, high = 0.0, 1.0
-    w, b = conv.weight.detach(), conv.bias.detach()
+    w, b = conv.weight, conv.bias.detach()
     if bn is not None:
         pre = conv(x).detach()
         if bn.training:
@@ -53,8 +51,7 @@ def _zb_first_layer(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, x: torch.Tensor,
         else:
             mean, var = bn.running_mean, bn.running_var
         std = torch.sqrt(var + bn.eps)
-        g = bn.weight.detach() / std
-        w, b = w * g[:, None, None, None], (b - mean) / std * bn.weight.detach() + bn.bias.detach()
+        w, b = w * (bn.weight / std)[:, None, None, None], (b - mean) / std * bn.weight + bn.bias.detach()
     wp, wn, bp, bn_ = w.clamp(min=0), w.clamp(max=0), b.clamp(min=0), b.clamp(max=0)
 
     def conv_with(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -64,27 +61,34 @@ def _zb_first_layer(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, x: torch.Tensor,
     ak_pos = conv_with(torch.ones_like(x) * low, wp, bp * low)
     ak_neg = conv_with(torch.ones_like(x) * high, wn, bn_ * high)
     z = ak - ak_pos - ak_neg
-    sign = torch.sign(z)
+    sign = torch.sign(z).detach()
     sign[sign == 0] = 1
     z = z + sign * EPS
     s = r / z
 
     def transposed(weight: torch.Tensor) -> torch.Tensor:
         u = torch.zeros_like(x, requires_grad=True)
-        with torch.enable_grad():
-            (c,) = torch.autograd.grad(conv_with(u, weight, None), u, s)
+        (c,) = torch.autograd.grad(conv_with(u, weight, None), u, s, create_graph=True)
         return c
 
     return x * transposed(w) - low * transposed(wp) - high * transposed(wn)
 
 
-def lrp_flex(model: nn.Module, x: torch.Tensor, quantity: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """LRP-Flex of ``quantity(logits)`` (a scalar, summed over the batch) at the input, on a copy of ``model``."""
-    m = copy.deepcopy(model)
+def lrp_flex(
+    model: nn.Module, x: torch.Tensor, quantity: Callable[[torch.Tensor], torch.Tensor], create_graph: bool = False
+) -> torch.Tensor:  # fmt: skip
+    """LRP-Flex of ``quantity(logits)`` (a scalar, summed over the batch) at the input; on a copy of ``model``, or
+    with ``create_graph`` on the model itself, differentiable with respect to its parameters."""
+    m = model if create_graph else copy.deepcopy(model)
     with torch.enable_grad():
-        logits, y0 = m.run(x, _FlexReLU.apply)
-        (g,) = torch.autograd.grad(quantity(logits), y0)
-    return _zb_first_layer(m.conv0, getattr(m, "bn0", None), x, torch.nan_to_num(g) * y0.detach())
+        logits, y0 = m.run(x, _hooked_relu)
+        _LRP["on"] = True
+        try:
+            (g,) = torch.autograd.grad(quantity(logits), y0, create_graph=create_graph)
+        finally:
+            _LRP["on"] = False
+        r = _zb_first_layer(m.conv0, getattr(m, "bn0", None), x, torch.nan_to_num(g) * y0)
+    return r if create_graph else r.detach()
 
 
 # -- small models; ``run(x, relu)`` returns the logits and the first ReLU's output --------------------------------
@@ -208,15 +212,50 @@ def test_original_equals_lrp_flex_per_class(kind: str, train: bool) -> None:
         _check(maps[:, k], lrp_flex(m, x, lambda z, k=k: z[:, k].sum()))
 
 
-def test_differentiable_maps_equal_the_reference_too() -> None:
-    """With create_graph=True (training) the values are the same, and a loss on them reaches every parameter."""
-    m, x = _model("dense", True), _input()
+@pytest.mark.parametrize("kind, train", CASES)
+def test_training_gradients_equal_the_reference(kind: str, train: bool) -> None:
+    """With create_graph=True the maps are the same, and the gradient of a loss on them with respect to every
+    parameter equals the authors' double backpropagation (their ReLU hooks act only inside LRP-Flex's backward)."""
+    m, x = _model(kind, train), _input()
+    m_ref = copy.deepcopy(m)
     logits, maps = ISNetMaps(m, "stochastic", match="authors")(x, generator=torch.Generator().manual_seed(1))
     idx = stochastic_classes(logits.detach(), torch.Generator().manual_seed(1), 5 / 11)
-    _check(maps[:, 0].detach(), lrp_flex(m, x, lambda z: z.gather(1, idx[:, None]).sum()))
-    maps.abs().sum().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+    ref = lrp_flex(m_ref, x, lambda z: z.gather(1, idx[:, None]).sum(), create_graph=True)
+    _check(maps[:, 0].detach(), ref.detach())
+    weights = torch.rand(ref.shape, dtype=D, generator=torch.Generator().manual_seed(4))
+    (weights * maps[:, 0] ** 2).sum().backward()
+    (weights * ref**2).sum().backward()
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    ref_grads = {n: p.grad for n, p in m_ref.named_parameters()}
+    scale = max(float(g.abs().max()) for g in ref_grads.values() if g is not None)
+    assert scale > 0
+    for name, g_ref in ref_grads.items():
+        g = grads[name]
+        g_ref = torch.zeros_like(dict(m_ref.named_parameters())[name]) if g_ref is None else g_ref
+        g = torch.zeros_like(g_ref) if g is None else g
+        assert bool(torch.isfinite(g).all()), name
+        err = float((g - g_ref).abs().max()) / scale
+        assert err <= 1e-8, f"{name}: max gradient error / max|grad| = {err:.3g}"
+
+
+def test_the_first_layer_bias_is_detached_as_in_the_authors_code() -> None:
+    """Their z^B detaches the first layer's bias: with it attached (bias_gradient=True) its gradient differs."""
+    m, x = _model("plain", False), _input()
+    idx = torch.tensor([0, 1, 2, 3, 4, 0])
+    got = {}
+    for detached in (True, False):
+        comp = isnet_authors()
+        comp.first = ZBox(0.0, 1.0, EPS, bias="bounded", batch_variance="unbiased", bias_gradient=not detached)
+        mm = copy.deepcopy(m)
+        fp = relprop.Explainer(mm, comp).forward(x, create_graph=True)
+        (fp.explain(fp.logits * F.one_hot(idx, 5).to(D)).relevance ** 2).sum().backward()
+        got[detached] = mm.conv0.bias.grad
+    ref_model = copy.deepcopy(m)
+    (lrp_flex(ref_model, x, lambda z: z.gather(1, idx[:, None]).sum(), create_graph=True) ** 2).sum().backward()
+    ref = ref_model.conv0.bias.grad
+    assert ref is not None and got[True] is not None and got[False] is not None
+    torch.testing.assert_close(got[True], ref, rtol=1e-8, atol=1e-12 * float(ref.abs().max()))
+    assert float((got[False] - ref).abs().max()) > 1e-3 * float(ref.abs().max())
 
 
 def test_the_differences_are_not_vacuous() -> None:

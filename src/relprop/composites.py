@@ -296,9 +296,10 @@ def isnet_authors(epsilon: float = 0.01, low: float = 0.0, high: float = 1.0) ->
     elsewhere (:class:`~relprop.rules.Flex`), a BatchNorm with batch statistics differentiated through them; on the
     first layer their z^B: s = R / stab(z − W⁺l − W⁻h − l·b⁺ − h·b⁻) (the positive bias stays in the denominator
     for l = 0, h = 1), stabiliser ε, a folded training-mode BatchNorm with the unbiased batch variance
-    (:class:`~relprop.rules.ZBox` with ``bias="bounded"``, ``batch_variance="unbiased"``). Scalar bounds only."""
+    (:class:`~relprop.rules.ZBox` with ``bias="bounded"``, ``batch_variance="unbiased"``), its bias and BatchNorm
+    shift detached there as in their code (``bias_gradient=False``). Scalar bounds only."""
     flex = Flex(epsilon)
-    first = ZBox(low, high, epsilon, bias="bounded", batch_variance="unbiased")
+    first = ZBox(low, high, epsilon, bias="bounded", batch_variance="unbiased", bias_gradient=False)
     return Composite(
         [(WEIGHTED_TYPES + BATCHNORM_MODULES, flex)], first=first, add=flex, pool=flex, name="isnet_authors"
     )

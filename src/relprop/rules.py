@@ -487,6 +487,10 @@ class ZBox(Rule):
     (training mode) is folded with the unbiased batch variance Σ(x − μ)²/(n − 1) (detached), and z is recomputed
     with those weights, as the authors' LRP-Flex does at the first layer; ``"biased"`` (default) uses the layer's
     own statistics.
+
+    ``bias_gradient=False``: no gradient reaches the layer's bias, nor a folded BatchNorm's shift β, through this
+    rule (the BatchNorm's scale γ keeps its gradient), as the authors' code detaches them; z is recomputed with the
+    detached bias. Values are unchanged; only double backpropagation sees it.
     """
 
     name = "zbox"
@@ -495,7 +499,7 @@ class ZBox(Rule):
 
     def __init__(
         self, low: float | Tensor = 0.0, high: float | Tensor = 1.0, stabilizer: float = 1e-6, bias: str = "removed",
-        batch_variance: str = "biased",
+        batch_variance: str = "biased", bias_gradient: bool = True,
     ) -> None:  # fmt: skip
         lo, hi = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
         if bool((lo > hi).any()):
@@ -513,19 +517,32 @@ class ZBox(Rule):
         self.stabilizer = float(stabilizer)
         self.bias = bias
         self.batch_variance = batch_variance
+        self.bias_gradient = bias_gradient
 
     def linear(self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor) -> Tensor:
         w = _require_weight(self, layer)
         b = layer.bias
         bn = layer.step.batchnorm
-        refold = self.batch_variance == "unbiased" and layer.module is not bn and uses_batch_statistics(bn)
-        if refold:  # the authors' fold: unbiased batch variance, z recomputed with the folded weights
+        folded = bn is not None and layer.module is not bn
+        batch = uses_batch_statistics(bn)
+        refold = folded and ((self.batch_variance == "unbiased" and batch) or not self.bias_gradient)
+        if refold:  # the authors' fold (unbiased batch variance, detached shift): z recomputed with those weights
             assert bn is not None and layer.module is not None
             w0, b0 = layer.module.weight, getattr(layer.module, "bias", None)
             assert isinstance(w0, Tensor)
-            scale, shift = bn_affine(bn, layer.forward(a, w0, b0 if isinstance(b0, Tensor) else None), unbiased=True)
-            w, b = fold_affine(layer.module, w0, b0 if isinstance(b0, Tensor) else None, scale, shift)
+            b0 = b0 if isinstance(b0, Tensor) else None
+            pre = layer.forward(a, w0, b0) if batch else None
+            scale, shift = bn_affine(bn, pre, unbiased=self.batch_variance == "unbiased")
+            beta = getattr(bn, "bias", None)
+            if not self.bias_gradient:
+                b0 = None if b0 is None else b0.detach()
+                shift = shift if not isinstance(beta, Tensor) else shift - beta + beta.detach()
+            w, b = fold_affine(layer.module, w0, b0, scale, shift)
             z = layer.forward(a, w, b)
+        elif not self.bias_gradient and b is not None and b.requires_grad:
+            b = b.detach()
+            z = layer.forward(a, w, b)
+            refold = True  # (the bounds below use this b: not cached)
         one = (1,) + tuple(a.shape[1:])
         low = torch.as_tensor(self.low, dtype=a.dtype, device=a.device)
         high = torch.as_tensor(self.high, dtype=a.dtype, device=a.device)
