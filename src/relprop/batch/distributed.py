@@ -212,16 +212,20 @@ def explain_distributed(job: Job, accelerator: str) -> Summary:
                 default_root_dir=job.out,
             )
             try:
-                trainer.predict(module, return_predictions=False)
-            except SystemExit:
-                if stop.aborted:  # Lightning turns the KeyboardInterrupt of a second signal into sys.exit(1)
-                    raise KeyboardInterrupt from None
+                try:
+                    trainer.predict(module, return_predictions=False)
+                except SystemExit:
+                    if stop.aborted:  # Lightning turns the KeyboardInterrupt of a second signal into sys.exit(1)
+                        raise KeyboardInterrupt from None
+                    raise
+                finally:
+                    module.close_bar()
+                    run.close()
+                    module.restore()
+                summary = _gather(run, module)
+            except BaseException:
+                _end_started_processes(trainer)  # they would wait for this one in a collective
                 raise
-            finally:
-                module.close_bar()
-                run.close()
-                module.restore()
-            summary = _gather(run, module)
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -245,8 +249,9 @@ def _gather(run: _Run, module: _ExplainModule) -> Summary:
         everyone = [mine]
     summary = run.summary
     summary.written = sum(e["written"] for e in everyone)
-    by_path = {str(p): p for p in run.job.images}
-    summary.unreadable = sorted((by_path[u] for e in everyone for u in e["unreadable"]), key=run.job.images.index)
+    index = {str(p): i for i, p in enumerate(run.job.images)}
+    found = sorted(index[u] for e in everyone for u in e["unreadable"])
+    summary.unreadable = [run.job.images[i] for i in found]
     for e in everyone:
         for i in e["recorded"]:
             run.done[i] = True
@@ -254,12 +259,21 @@ def _gather(run: _Run, module: _ExplainModule) -> Summary:
     if summary.done < summary.total:
         names = [e["stop"] for e in everyone if e["stop"] is not None]
         summary.interrupted = names[0] if names else ("SIGTERM" if any(e["flag"] for e in everyone) else None)
-    if run.rank == 0:
-        Manifest.read(run.job.out / MANIFEST).fold()
-        (run.job.out / STOP_FLAG).unlink(missing_ok=True)
-    if dist.is_available() and dist.is_initialized() and run.world > 1:
-        dist.barrier()  # the other processes return once the manifest is whole
+    try:
+        if run.rank == 0:
+            Manifest.read(run.job.out / MANIFEST).fold()
+            (run.job.out / STOP_FLAG).unlink(missing_ok=True)
+    finally:
+        if dist.is_available() and dist.is_initialized() and run.world > 1:
+            dist.barrier()  # the other processes return once the manifest is whole
     return summary
+
+
+def _end_started_processes(trainer: L.Trainer) -> None:
+    """Kill the processes Lightning started on this machine for this one (rank 0 failed or was interrupted)."""
+    for proc in getattr(trainer.strategy.launcher, "procs", []) or []:
+        if proc.poll() is None:
+            proc.kill()
 
 
 __all__ = ["explain_distributed"]
