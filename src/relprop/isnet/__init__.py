@@ -2,9 +2,10 @@
 
 - :mod:`.loss`: the heatmap loss (GWRP background term, C1/C2 foreground term) and ``isnet_loss``.
 - :mod:`.variants`: ``ISNetMaps`` (original, dual, selective, stochastic, grad_input) and ``rrr_penalty``.
-- :mod:`.config`: ``TrainConfig`` (hyperparameters, P schedule); :mod:`.step`: ``isnet_step``, the loss of one
-  batch for your own loop; :mod:`.sampling`: ``EpochSampler``; :mod:`.checkpoints`: ``load_checkpoint`` and the
-  run's file names. None of these needs ``lightning``.
+- :mod:`.config`: ``TrainConfig`` (hyperparameters, P schedule, the authors' mode, LRP deep supervision, C1/C2
+  tuning); :mod:`.step`: ``isnet_step``, the loss of one batch for your own loop; :mod:`.sampling`:
+  ``EpochSampler``; :mod:`.checkpoints`: ``load_checkpoint``, ``load_weights`` and the run's file names. None of
+  these needs ``lightning``.
 - :mod:`.module` and :mod:`.fitting` (need ``lightning``: ``pip install relprop[train]``; imported on first
   use): ``ISNetModule`` (a LightningModule), ``fit`` and ``TrainResult``.
 - :mod:`.evaluation`: accuracy per test split, background relevance share, heatmap figures.
@@ -13,7 +14,7 @@
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TrainingInterrupted
-from .checkpoints import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, load_checkpoint
+from .checkpoints import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, TUNING_NAME, load_checkpoint, load_weights
 from .config import METHODS, TrainConfig, p_at
 from .loss import (
     HeatmapLossConfig,
@@ -41,7 +42,8 @@ __all__ = [
     "deep_supervision_loss", "relevance_totals", "prepare_mask", "tune_c1_c2", "VARIANTS", "ISNetMaps",
     "log_odds_gradient", "maps_per_image", "rrr_penalty",
     "stochastic_classes", "TrainConfig", "ISNetModule", "TrainResult", "TrainingInterrupted", "fit", "isnet_step",
-    "load_checkpoint", "METHODS", "p_at", "EpochSampler", "CHECKPOINT_NAME", "BEST_NAME", "METRICS_NAME",
+    "load_checkpoint", "load_weights", "TUNING_NAME", "METHODS", "p_at", "EpochSampler", "CHECKPOINT_NAME",
+    "BEST_NAME", "METRICS_NAME",
     "evaluate", "background_share", "heatmap_figure",
 ]  # fmt: skip
 

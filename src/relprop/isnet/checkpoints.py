@@ -1,4 +1,5 @@
-"""The files of a training run and how they are read: ``last.ckpt``, ``best.ckpt``, ``metrics.json``.
+"""The files of a training run and how they are read: ``last.ckpt``, ``best.ckpt``, ``metrics.json`` and, with
+C1/C2 tuning, ``tuning.json`` and the tuning run's folder ``tuning/``.
 
 Checkpoints are Lightning checkpoints (written by Lightning's ``ModelCheckpoint`` through an atomic checkpoint
 IO plugin, see :mod:`relprop.isnet.fitting`) with relprop's own entry ``checkpoint["relprop"]``: the training
@@ -15,6 +16,7 @@ import json
 import os
 import random
 import re
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +33,7 @@ from .config import TrainConfig
 CHECKPOINT_NAME = "last.ckpt"  #: written after every epoch, when training stops (end, max_steps, a signal)
 BEST_NAME = "best.ckpt"  #: the epoch with the lowest validation loss (ISNet training can diverge late)
 METRICS_NAME = "metrics.json"  #: config, model spec, per-epoch history, finished / interrupted
+TUNING_NAME = "tuning.json"  #: the C1/C2 tuning result (TrainConfig.tune_epochs > 0); its run is in tuning/
 FORMAT = 2  #: checkpoint["relprop"]["format"]; 2: resumed through Lightning's own loop state
 
 
@@ -129,6 +132,33 @@ def model_state(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
     return {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
+_ORIGINS: weakref.WeakKeyDictionary[nn.Module, tuple[Path, TrainConfig]] = weakref.WeakKeyDictionary()
+
+
+def checkpoint_origin(model: nn.Module) -> tuple[Path, TrainConfig] | None:
+    """``(path, training config)`` of the checkpoint whose weights :func:`load_checkpoint` or
+    :func:`load_weights` put into ``model`` (None for other models). Nothing is stored on the model itself;
+    :func:`~relprop.isnet.fit` uses it to warn about ISNet training that starts from a plain network."""
+    return _ORIGINS.get(model)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> TrainConfig:
+    """Load the trained weights of a relprop checkpoint (``last.ckpt`` / ``best.ckpt``, or a run folder holding
+    ``last.ckpt``) into ``model`` strictly, as initial weights of another run; returns that run's config.
+    Raises what :func:`read_checkpoint` raises, and CheckpointError if the weights do not fit."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    ckpt = read_checkpoint(path)
+    try:
+        model.load_state_dict(model_state(ckpt))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the weights do not fit the model: {exc}") from exc
+    config: TrainConfig = ckpt["relprop"]["config"]
+    _ORIGINS[model] = (path, config)
+    return config
+
+
 def load_checkpoint(
     path: str | Path, build: Callable[[Mapping[str, Any]], nn.Module]
 ) -> tuple[nn.Module, TrainConfig, dict[str, Any] | None]:
@@ -146,10 +176,12 @@ def load_checkpoint(
         model.load_state_dict(model_state(ckpt))
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: the weights do not fit the model built from {spec!r}: {exc}") from exc
+    _ORIGINS[model] = (Path(path), meta["config"])
     return model, meta["config"], (dict(spec) if spec is not None else None)
 
 
 __all__ = [
-    "BEST_NAME", "CHECKPOINT_NAME", "FORMAT", "METRICS_NAME", "load_checkpoint", "model_state", "read_checkpoint",
-    "remove_stale_temporaries", "rng_state", "set_rng_state", "write_json",
+    "BEST_NAME", "CHECKPOINT_NAME", "FORMAT", "METRICS_NAME", "TUNING_NAME", "checkpoint_origin", "load_checkpoint",
+    "load_weights", "model_state", "read_checkpoint", "remove_stale_temporaries", "rng_state", "set_rng_state",
+    "write_json",
 ]  # fmt: skip

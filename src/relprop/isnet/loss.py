@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,22 @@ FOREGROUND_TERMS = ("hybrid", "l2")
 
 class ConfigError(UsageError):
     """A training hyperparameter (:class:`~relprop.isnet.TrainConfig`, :class:`HeatmapLossConfig`) is invalid; the
-    message names the field. (A :class:`~relprop.errors.UsageError`, so also a ``ValueError``.)"""
+    message names the field. (A :class:`~relprop.errors.UsageError`, so also a ``ValueError``.)
+
+    ``field`` (e.g. ``"lr"``, ``"loss.C1"``), ``value`` and ``reason`` (the message without the field's name)
+    let a caller restate it in its own words (``relprop train`` names the command-line flag)."""
+
+    def __init__(self, message: str, *, field: str | None = None, value: Any = None, reason: str | None = None):
+        super().__init__(message)
+        self.field, self.value, self.reason = field, value, reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self),), {"field": self.field, "value": self.value, "reason": self.reason}
+
+
+def _bad_loss(name: str, value: Any, reason: str) -> ConfigError:
+    message = f"HeatmapLossConfig({name}={value!r}): {reason}"
+    return ConfigError(message, field=f"loss.{name}", value=value, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -69,19 +85,21 @@ class HeatmapLossConfig:
 
     def __post_init__(self) -> None:
         if self.foreground not in FOREGROUND_TERMS:
-            raise ConfigError(
-                f"HeatmapLossConfig(foreground={self.foreground!r}): choose one of {', '.join(FOREGROUND_TERMS)}"
-            )
+            raise _bad_loss("foreground", self.foreground, f"choose one of {', '.join(FOREGROUND_TERMS)}")
         if not isinstance(self.guard, bool):
-            raise ConfigError(f"HeatmapLossConfig(guard={self.guard!r}): must be True or False")
+            raise _bad_loss("guard", self.guard, "must be True or False")
         for name in ("d", "E", "A", "B", "C1", "C2"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"HeatmapLossConfig({name}={value!r}): must be a finite number")
+                raise _bad_loss(name, value, "must be a finite number")
         if not 0.0 <= self.d <= 1.0:
-            raise ConfigError(f"HeatmapLossConfig(d={self.d}): the GWRP decay must lie in [0, 1]")
-        if self.E <= 0 or self.C1 <= 0 or self.C2 < self.C1:
-            raise ConfigError(f"HeatmapLossConfig(E={self.E}, C1={self.C1}, C2={self.C2}): need E > 0 and 0 < C1 <= C2")
+            raise _bad_loss("d", self.d, "the GWRP decay must lie in [0, 1]")
+        if self.E <= 0:
+            raise _bad_loss("E", self.E, "must be > 0")
+        if self.C1 <= 0:
+            raise _bad_loss("C1", self.C1, "must be > 0")
+        if self.C2 < self.C1:
+            raise _bad_loss("C2", self.C2, f"must be >= C1 ({self.C1})")
 
 
 def _as_maps(heatmaps: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -25,7 +25,7 @@ from ..errors import UsageError
 from .checkpoints import FORMAT, rng_state, set_rng_state
 from .config import TrainConfig, val_loss
 from .sampling import EpochBatches, EpochSampler, ResumableLoader, epoch_generator
-from .step import build_maps, isnet_step, unpack_batch
+from .step import TUNING_INPUT, build_maps, isnet_step, tuning_step, unpack_batch
 from .variants import VARIANTS, ISNetMaps
 
 _SUM_KEYS = ("loss", "ce", "heatmap", "rrr", "acc")
@@ -84,10 +84,15 @@ class ISNetModule(L.LightningModule):
         self._elapsed = 0.0
         self._resumed: dict[str, Any] | None = None  # checkpoint["relprop"] of the checkpoint resumed from
         self._trained_here = False
+        # a C1/C2 tuning run (set by fit): the ISNet config whose relevance totals the last epoch records
+        self._tuning: TrainConfig | None = None
+        self._tuning_maps: ISNetMaps | None = None
+        self._totals: dict[str, list[Tensor]] = {}  # per layer; after a gather, rank 0 holds all processes'
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_maps"] = None  # rebuilt lazily (ddp_spawn pickles the module)
+        state["_tuning_maps"] = None
         return state
 
     # what the run has done -----------------------------------------------------------------------------------
@@ -119,6 +124,29 @@ class ISNetModule(L.LightningModule):
         c = self.config
         params = [p for p in self.model.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    @property
+    def tuning_totals(self) -> dict[str, Tensor]:
+        """A tuning run's recorded total |relevance| per sample of its last epoch, per layer (``"input"``: the
+        input heatmap), float64 on the CPU: all processes' after that epoch (on rank 0), {} outside tuning runs."""
+        return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for k, v in self._totals.items()}
+
+    def _recording(self) -> bool:
+        return self._tuning is not None and self.current_epoch == self.config.epochs - 1
+
+    def _gather_totals(self) -> None:
+        """Every process's totals to rank 0 (a collective when world_size > 1); the others keep none."""
+        if self._tuning is None or self.trainer.world_size == 1:
+            return
+        gathered: dict[str, list[Tensor]] = {}
+        for name in sorted(set(self._totals) | {TUNING_INPUT, *self._tuning.hidden_layers}):
+            t = torch.cat(self._totals[name]) if self._totals.get(name) else torch.zeros(0, dtype=torch.float64)
+            n = cast(Tensor, self.all_gather(torch.tensor([t.numel()], device=self.device)))
+            padded = torch.full((max(int(n.max()), 1),), float("nan"), dtype=torch.float64, device=self.device)
+            padded[: t.numel()] = t.to(self.device)
+            every = cast(Tensor, self.all_gather(padded)).reshape(-1).cpu()
+            gathered[name] = [every[~torch.isnan(every)]] if self.trainer.is_global_zero else []
+        self._totals = gathered
 
     def _isnet_maps(self) -> ISNetMaps | None:
         if self.config.method in VARIANTS and self._maps is None:
@@ -183,6 +211,9 @@ class ISNetModule(L.LightningModule):
                 f"cannot resume mid-epoch on {self.trainer.world_size} processes: the checkpoint stopped inside "
                 f"epoch {meta.get('epoch')} of a run on {saved_world}; resume with devices={saved_world}"
             )
+        totals = meta.get("tuning_totals")
+        if self._tuning is not None and totals and self.trainer.is_global_zero:
+            self._totals = {k: [v.to(torch.float64).cpu()] for k, v in totals.items()}
         if batch:  # Lightning does not call on_train_epoch_start for the epoch it resumes inside
             self._batch, self._elapsed = batch, float(meta.get("elapsed", 0.0))
             sums = meta.get("sums")
@@ -196,11 +227,24 @@ class ISNetModule(L.LightningModule):
         self._epoch_started = time.perf_counter()
         self._epochs_done = self.current_epoch
         self._batch, self._elapsed, self._sums = 0, 0.0, _zeros()
+        if self._recording():
+            self._totals = {}
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, stats = isnet_step(
-            self.model, batch, self.config, maps=self._isnet_maps(), epoch=self.current_epoch, step=self.global_step
-        )
+        if self._recording():
+            assert self._tuning is not None
+            if self._tuning_maps is None:
+                self._tuning_maps = build_maps(self.model, self._tuning)
+            loss, stats, totals = tuning_step(
+                self.model, batch, self._tuning, self._tuning_maps, epoch=self.current_epoch, step=self.global_step
+            )
+            for name, t in totals.items():
+                self._totals.setdefault(name, []).append(t)
+        else:
+            loss, stats = isnet_step(
+                self.model, batch, self.config, maps=self._isnet_maps(), epoch=self.current_epoch,
+                step=self.global_step,
+            )  # fmt: skip
         b = int(batch[0].shape[0])
         for i, key in enumerate(_SUM_KEYS):
             self._sums[i] += stats.get(key, 0.0) * b
@@ -229,6 +273,8 @@ class ISNetModule(L.LightningModule):
         self.log_dict(train, on_step=False, on_epoch=True, prog_bar=False, sync_dist=False)
         if self._batch < self.trainer.num_training_batches:  # stopped inside the epoch (signal, max_steps)
             return
+        if self._recording():
+            self._gather_totals()
         entry: dict[str, Any] = {"epoch": self.current_epoch, **train}
         entry.setdefault("train_heatmap", None)
         if self._data is None or self._data.val is not None:
@@ -301,6 +347,10 @@ class ISNetModule(L.LightningModule):
             "elapsed": self._elapsed + (time.perf_counter() - self._epoch_started if self._batch else 0.0),
             "finished": self._epochs_done >= self.config.epochs and self._batch == 0,
         }
+        if self._tuning is not None:  # all processes' totals so far (rank 0 writes the checkpoint)
+            if self._recording():
+                self._gather_totals()
+            checkpoint["relprop"]["tuning_totals"] = self.tuning_totals
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("relprop")

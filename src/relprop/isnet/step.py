@@ -8,7 +8,7 @@ Batches are triples ``(x, mask, y)``: images (B, C, H, W) in [low, high], binary
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError, RelpropError
 from .config import METHODS, TrainConfig, p_at
-from .loss import ConfigError, check_labels, check_mask, isnet_loss
+from .loss import ConfigError, check_labels, check_mask, isnet_loss, relevance_totals
 from .variants import ISNetMaps, rrr_penalty
 
 
@@ -66,8 +66,9 @@ def _checked_logits(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def build_maps(model: nn.Module, config: TrainConfig) -> ISNetMaps:
-    """The :class:`~relprop.isnet.ISNetMaps` of ``config.method`` (an ISNet variant) for ``model``; fails with a
-    TracingError naming the module if relprop cannot trace it."""
+    """The :class:`~relprop.isnet.ISNetMaps` of ``config.method`` (an ISNet variant) for ``model`` with the
+    config's data range, ε, selective class, ``match`` and ``hidden_layers``; fails with a TracingError naming
+    the module if relprop cannot trace it."""
     return ISNetMaps(
         model,
         config.method,
@@ -75,7 +76,42 @@ def build_maps(model: nn.Module, config: TrainConfig) -> ISNetMaps:
         high=config.high,
         epsilon=config.epsilon,
         selective_class=config.selective_class,
+        match=config.match,
+        hidden_layers=config.hidden_layers,
     )
+
+
+def _variant_maps(
+    maps: ISNetMaps, x: Tensor, y: Tensor, config: TrainConfig, create_graph: bool, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(logits, input maps, {hidden layer: maps}) of one forward; the dict is empty without hidden layers."""
+    if config.hidden_layers:
+        logits, heatmaps, hidden = maps.maps_and_hidden(x, y, create_graph=create_graph, generator=generator)
+        return logits, heatmaps, dict(hidden)
+    logits, heatmaps = maps(x, y, create_graph=create_graph, generator=generator)
+    return logits, heatmaps, {}
+
+
+def _check_maps(maps: ISNetMaps, model: nn.Module, config: TrainConfig) -> None:
+    if maps.model is not model or maps.variant != config.method:
+        raise InputError(
+            f"maps= was built for {type(maps.model).__name__} with variant {maps.variant!r}; this step trains "
+            f"{type(model).__name__} with method {config.method!r}"
+        )
+    if maps.match != config.match or tuple(maps.hidden_layers) != config.hidden_layers:
+        raise InputError(
+            f"maps= was built with match={maps.match!r}, hidden_layers={tuple(maps.hidden_layers)}; the config has "
+            f"match={config.match!r}, hidden_layers={config.hidden_layers}: build it with build_maps(model, config)"
+        )
+
+
+def _check_finite(heatmaps: Tensor, hidden: Mapping[str, Tensor], where: str, config: TrainConfig) -> None:
+    for name, t in (("the relevance maps", heatmaps), *((f"the relevance at {k!r}", v) for k, v in hidden.items())):
+        if not bool(torch.isfinite(t).all()):
+            raise TrainingDiverged(
+                f"training diverged at {where} (method {config.method!r}): {name} contain NaN or Inf; "
+                "lower the learning rate or P, or check the inputs"
+            )
 
 
 def isnet_step(
@@ -116,19 +152,15 @@ def isnet_step(
     else:
         if maps is None:
             maps = build_maps(model, config)
-        elif maps.model is not model or maps.variant != config.method:
-            raise InputError(
-                f"maps= was built for {type(maps.model).__name__} with variant {maps.variant!r}; this step trains "
-                f"{type(model).__name__} with method {config.method!r}"
-            )
-        logits, heatmaps = maps(x, y, create_graph=create_graph, generator=generator)
+        else:
+            _check_maps(maps, model, config)
+        logits, heatmaps, hidden = _variant_maps(maps, x, y, config, create_graph, generator)
         _checked_logits(logits, y)
-        if not bool(torch.isfinite(heatmaps).all()):
-            raise TrainingDiverged(
-                f"training diverged at {where} (method {config.method!r}): the relevance maps contain NaN or Inf; "
-                "lower the learning rate or P, or check the inputs"
-            )
-        loss, ce, heat = isnet_loss(logits, y, heatmaps, mask, p_at(config, epoch), config.loss)
+        _check_finite(heatmaps, hidden, where, config)
+        loss, ce, heat = isnet_loss(
+            logits, y, heatmaps, mask, p_at(config, epoch), config.loss,
+            hidden=hidden, hidden_config=config.hidden_loss_configs(), d_layers=config.d_layers,
+        )  # fmt: skip
         stats["heatmap"] = float(heat.detach())
     value = float(loss.detach())
     if not math.isfinite(value):
@@ -145,4 +177,40 @@ def isnet_step(
     return loss, stats
 
 
-__all__ = ["TrainingDiverged", "build_maps", "isnet_step", "unpack_batch"]
+def tuning_step(
+    model: nn.Module,
+    batch: Sequence[Tensor],
+    config: TrainConfig,
+    maps: ISNetMaps,
+    *,
+    epoch: int = 0,
+    step: int | None = None,
+) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
+    """One step of the last epoch of a C1/C2 tuning run (the authors' ``tuneCut``): CE of the logits of ONE
+    forward that also yields ``config``'s relevance maps (ISNet variant ``config.method``), and the total
+    |relevance| per sample of every map (:func:`~relprop.isnet.loss.relevance_totals`: whole map for
+    ``tune_on="map"``, foreground for ``"foreground"``): ``(loss, stats, {"input" / hidden layer: (B,) float64})``.
+    The heatmap loss is not trained on."""
+    x, mask, y = unpack_batch(batch)
+    _check_maps(maps, model, config)
+    logits, heatmaps, hidden = _variant_maps(maps, x, y, config, True, None)
+    ce = F.cross_entropy(_checked_logits(logits, y), y)
+    where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+    value = float(ce.detach())
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"the C1/C2 tuning run diverged at {where}: the loss is {value}; lower the learning rate or check the "
+            "inputs"
+        )
+    _check_finite(heatmaps, hidden, where, config)
+    fg = mask if config.tune_on == "foreground" else None
+    totals = {TUNING_INPUT: relevance_totals(heatmaps, fg, config.method).cpu()}
+    for name, relevance in hidden.items():
+        totals[name] = relevance_totals(relevance, fg, config.method).cpu()
+    stats = {"loss": value, "ce": value, "acc": float((logits.detach().argmax(1) == y).float().mean())}
+    return ce, stats, totals
+
+
+TUNING_INPUT = "input"  #: the key of the input heatmap's totals in a tuning run (the authors' name)
+
+__all__ = ["TUNING_INPUT", "TrainingDiverged", "build_maps", "isnet_step", "tuning_step", "unpack_batch"]
