@@ -60,6 +60,16 @@ def test_quick_study_writes_report_and_reuses_finished_runs(tmp_path: Path, cach
     assert done.stat().st_mtime_ns == stamp
     assert cxr.main([*argv[:-2], "--ablations", "nonsense", "--data-cache", cache]) == 2
     assert "unknown method(s) or ablation(s) nonsense" in capsys.readouterr().err
+    # more epochs: the same run folder resumes from its checkpoint and trains on; fewer is refused
+    longer = ["--out", str(out), "--work", str(work), "--quick", "--jobs", "1", "--seeds", "0", "--methods", "plain",
+              "--ablations", "--data-cache", cache]  # fmt: skip
+    plain = next((work / "small_resnet").glob("plain-*-seed0"))
+    first = json.loads((plain / "evaluation.json").read_text())
+    assert cxr.main([*longer, "--epochs", "2"]) == 0
+    again = json.loads((plain / "evaluation.json").read_text())
+    assert len(again["history"]) == 2 and again["history"][0] == first["history"][0]
+    assert cxr.main([*longer, "--epochs", "1"]) == 2
+    assert "trained for 2 epochs" in capsys.readouterr().err
 
 
 def test_relprop_study_cxr_has_the_study_options(tmp_path: Path, cache: str, capsys) -> None:

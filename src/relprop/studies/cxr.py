@@ -87,7 +87,7 @@ class StudySettings:
     spec's C1 = 1, C2 = 25). ``"l2"`` and ``"authors"`` need a relprop whose TrainConfig has those fields.
     """
 
-    epochs: int = 12
+    epochs: int = 15
     batch_size: int = 32
     lr: float = 0.01
     P: float = 0.7
@@ -116,8 +116,8 @@ AUTHORS: dict[str, Any] = {"size": 224, "d": 0.996, "foreground": "hybrid", "mat
 ABLATIONS: dict[str, tuple[str, Any]] = {
     "tuned_c1c2": ("tune_epochs", 3),
     "P0.5": ("P", 0.5),
-    "P0.9": ("P", 0.9),
     "epochs2x": ("epochs", lambda s: 2 * s.epochs),
+    "lr0.03": ("lr", 0.03),
     "lr0.003": ("lr", 0.003),
     "d0.996": ("d", 0.996),
     "authors_mode": ("match", "authors"),
@@ -141,8 +141,10 @@ class RunSpec:
         return self.method + (f"+{self.ablation}" if self.ablation else "")
 
     def key(self) -> str:
-        """Hash of everything that determines the run's result but the seed (and the device)."""
-        blob = json.dumps({"m": self.method, "b": self.backbone, "s": asdict(self.settings)}, sort_keys=True)
+        """Hash of everything that determines the run's result but the seed, the device and the number of
+        epochs (a run asked for more epochs than it has resumes from its checkpoint and trains on)."""
+        settings = {k: v for k, v in asdict(self.settings).items() if k != "epochs"}
+        blob = json.dumps({"m": self.method, "b": self.backbone, "s": settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def folder(self, work: Path) -> Path:
@@ -404,7 +406,15 @@ def run_one(job: tuple[str, RunSpec, str, str, str]) -> dict[str, Any]:
     run_dir = run.folder(Path(work))
     done = run_dir / "evaluation.json"
     if done.is_file():
-        return dict(json.loads(done.read_text()))
+        record = dict(json.loads(done.read_text()))
+        trained = int(record["settings"]["epochs"])
+        if trained == run.settings.epochs:
+            return record
+        if trained > run.settings.epochs:
+            raise UsageError(
+                f"{run_dir} was trained for {trained} epochs, more than the {run.settings.epochs} asked: use "
+                f"--epochs {trained} or more, or another --work folder"
+            )
     base = {"method": run.method, "backbone": run.backbone, "ablation": run.ablation, "seed": run.seed,
             "label": run.label, "key": run.key(), "settings": asdict(run.settings)}  # fmt: skip
     reason = unavailable(run)
@@ -423,6 +433,9 @@ def run_one(job: tuple[str, RunSpec, str, str, str]) -> dict[str, Any]:
     result = fit(model, splits["train"].dataset(lung_only), splits["val"].dataset(lung_only), config,
                  out_dir=run_dir, progress=False, model_spec=spec, accelerator=_accelerator(device))  # fmt: skip
     seconds = time.perf_counter() - start
+    if len(result.history) > run.settings.epochs:
+        raise UsageError(f"{run_dir} holds a run of {len(result.history)} epochs, more than the {run.settings.epochs} "
+                         "asked: use more --epochs or another --work folder")  # fmt: skip
     tests = {t: evaluate_model(model, splits[t], lung_only=lung_only, device=device) for t in SPLITS}
     record = {
         **base, "config": config.to_dict(), "model_spec": spec, "c1c2": c1c2, "tests": tests,
@@ -809,7 +822,8 @@ def run_study(out: Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seq
     load_splits(settings, cache_dir)  # build the benchmark once, before the workers start
     runs = plan.runs()
     todo = [(r.method, r, str(work), cache_dir, device) for r in runs]
-    todo.sort(key=lambda j: -cost(j[1]))
+    seed_rank = {seed: i for i, seed in enumerate(dict.fromkeys(r.seed for r in runs))}
+    todo.sort(key=lambda j: (seed_rank[j[1].seed], -cost(j[1])))  # the first seed of everything first
     records = run_jobs(run_one, todo, jobs, "cxr study")
     order = {(r.backbone, r.label, r.seed): i for i, r in enumerate(runs)}
     records.sort(key=lambda r: order.get((r["backbone"], r["label"], r["seed"]), 0))
