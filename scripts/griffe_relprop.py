@@ -6,6 +6,7 @@ conventions that Markdown does not know; this turns them into what mkdocstrings 
   become links to the API page that documents the target (optional links: a target the site does not render is
   shown as code, with no warning).
 - A paragraph ending in ``::`` before an indented block ends in ``:`` (the block is a code block either way).
+- reST simple tables (rows between ``=====  =====`` borders) become Markdown tables.
 """
 
 from __future__ import annotations
@@ -19,6 +20,43 @@ import griffe
 _ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`(?P<body>[^`]+)`")
 _EXPLICIT = re.compile(r"^(?P<title>.*?)\s*<(?P<target>[^<>]+)>$")
 _LITERAL_INTRO = re.compile(r"::(?=\n\s*\n[ \t]+\S)")
+
+
+_BORDER = re.compile(r"^(?P<indent>\s*)=+(?:\s+=+)+\s*$")
+_CELL = re.compile(r"\S+(?: \S+)*")  # text up to a run of two spaces
+
+
+def _table_row(line: str, starts: list[int]) -> list[str]:
+    """The cells of one table row: each run of text goes to the last column starting at or before it."""
+    cells = [""] * len(starts)
+    for match in _CELL.finditer(line):
+        column = max(i for i, start in enumerate(starts) if start <= match.start()) if match.start() >= starts[0] else 0
+        cells[column] = f"{cells[column]} {match.group()}".strip()
+    return [cell.replace("|", "\\|") for cell in cells]
+
+
+def _rest_tables(text: str) -> str:
+    """Turn reST simple tables (border, header, border, rows, border) into Markdown pipe tables."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        border = _BORDER.match(lines[i])
+        closing = [j for j in range(i + 2, len(lines)) if lines[j].strip() == lines[i].strip()] if border else []
+        if not border or len(closing) < 2 or closing[0] != i + 2:
+            out.append(lines[i])
+            i += 1
+            continue
+        starts = [m.start() for m in re.finditer(r"=+", lines[i])]
+        header = _table_row(lines[i + 1], starts)
+        end = closing[1]
+        rows = [_table_row(line, starts) for line in lines[i + 3 : end] if line.strip()]
+        indent = border["indent"]
+        out.append(indent + "| " + " | ".join(header) + " |")
+        out.append(indent + "|" + "---|" * len(starts))
+        out.extend(indent + "| " + " | ".join(row) + " |" for row in rows)
+        i = end + 1
+    return "\n".join(out)
 
 
 def _scopes(obj: griffe.Object) -> list[griffe.Object]:
@@ -114,7 +152,7 @@ class RelpropDocstrings(griffe.Extension):
             seen.add(id(obj))
             if obj.docstring is not None:
                 text = _replace_roles(obj, obj.docstring.value)
-                obj.docstring.value = _LITERAL_INTRO.sub(":", text)
+                obj.docstring.value = _rest_tables(_LITERAL_INTRO.sub(":", text))
             for member in obj.members.values():
                 if not member.is_alias:
                     stack.append(member)  # type: ignore[arg-type]

@@ -17,18 +17,22 @@ def _help(parser: argparse.ArgumentParser) -> str:
     return parser.format_help().rstrip()
 
 
+def _sections(parser: argparse.ArgumentParser, prog: str) -> list[str]:
+    """The help of ``prog`` and, recursively, of its sub-commands (``relprop study isnet``, ...)."""
+    parts = [f"## {prog}" if prog.count(" ") < 2 else f"### {prog}", "", "```text", _help(parser), "```", ""]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                parts += _sections(sub, f"{prog} {name}")
+    return parts
+
+
 def cli_help_markdown() -> str:
     """The help of ``relprop`` and of every command, as Markdown sections with code blocks."""
-    os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal width: the same text everywhere
+    os.environ["COLUMNS"] = "88"  # argparse wraps at the terminal width: the same text everywhere, fits the page
     from relprop.cli import build_parser
 
-    parser = build_parser()
-    parts = ["## relprop", "", "```text", _help(parser), "```", ""]
-    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    for action in subparsers:
-        for name, sub in action.choices.items():
-            parts += [f"## relprop {name}", "", "```text", _help(sub), "```", ""]
-    return "\n".join(parts)
+    return "\n".join(_sections(build_parser(), "relprop"))
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
