@@ -36,8 +36,19 @@ where it differs:
 - **Hidden layers.** relprop: LRP-ε on every Linear/Conv/BatchNorm, Norm(1e-6) at additions and pooling.
   Authors: the ε only where a ReLU follows (a / (a + ε) in their ReLU backward), LRP-0 (the plain gradient)
   elsewhere; equal on Linear/Conv + ReLU stacks, different where a convolution feeds a BatchNorm (DenseNet).
+- **Double backpropagation at the first layer.** Authors: their z^B detaches the layer's bias and a folded
+  BatchNorm's shift (``ZBox(bias_gradient=False)``); relprop differentiates through them. Values are the same.
 - **Selective:** δ = 1e-7 (relprop) or 0.01 (authors). **Stochastic:** the top logit with probability 1/2
   (relprop) or 5/11 (authors: ``randint(0, 11) > 5``).
+
+Small batches in training mode: a BatchNorm that normalises over very few values per channel (DenseNet121's last
+block at 32x32 has 1x1 maps: 2 values in a batch of 2) has a batch variance far below the squared mean. With
+detached statistics its affine map y = (γ/σ)·x + (β − γμ/σ) has a shift that nearly cancels the scaled input, and
+LRP-ε (equally LRP-Flex with detached statistics, which is the same computation there) multiplies the relevance by
+about |μ|/σ at each such layer: maps of 1e21 for logits below 1 on DenseNet121. Differentiating through the
+statistics (``match="authors"``) keeps them far smaller (1e4 there) but not of the logits' order. With 8 or more
+values per channel both stay of the logits' order; :class:`ISNetMaps` warns
+(:class:`DegenerateBatchStatisticsWarning`) below 5.
 
 ``dual`` has no LRP-Flex form (the authors' dual map is their older LRP Block's) and is refused with
 ``match="authors"``; ``grad_input`` is the same in both.
