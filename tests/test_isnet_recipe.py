@@ -149,6 +149,29 @@ def test_a_resumed_run_does_not_tune_again(tmp_path: Path, monkeypatch: pytest.M
             out_dir=untuned, progress=False)  # fmt: skip
 
 
+def test_a_tuning_run_stopped_inside_its_recorded_epoch_resumes_to_the_same_totals(tmp_path: Path) -> None:
+    from relprop.isnet.checkpoints import read_checkpoint
+    from relprop.isnet.fitting import _fit
+
+    data = BoxDataset(40)
+    isnet = TrainConfig(method="selective", epochs=1, batch_size=8, seed=4, tune_epochs=2, hidden_layers=("4",))
+    plain = TrainConfig(method="plain", epochs=2, batch_size=8, seed=4)
+    common = {"progress": False, "model_spec": None, "accelerator": "cpu", "devices": 1, "strategy": "auto",
+              "tuning": isnet}  # fmt: skip
+    _fit(plain_model(0), data, None, plain, out_dir=tmp_path / "whole", resume=True, max_steps=-1, **common)
+    whole = read_checkpoint(tmp_path / "whole" / CHECKPOINT_NAME)["relprop"]["tuning_totals"]
+    # 5 steps per epoch: stop after step 7 (inside the recorded second epoch), then resume
+    _fit(plain_model(0), data, None, plain, out_dir=tmp_path / "split", resume=True, max_steps=7, **common)
+    part = read_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)["relprop"]
+    assert part["batch"] == 2 and part["tuning_totals"]["input"].numel() == 16
+    _fit(plain_model(8), data, None, plain, out_dir=tmp_path / "split", resume=True, max_steps=-1, **common)
+    split = read_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)["relprop"]["tuning_totals"]
+    assert set(split) == set(whole) == {"input", "4"}
+    for name in whole:
+        assert whole[name].numel() == len(data)
+        assert torch.equal(split[name], whole[name]), name  # nothing lost or counted twice, same order
+
+
 def _recipe_warnings(record: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in record if issubclass(w.category, RecipeWarning)]
 
@@ -156,9 +179,10 @@ def _recipe_warnings(record: list[warnings.WarningMessage]) -> list[str]:
 def test_recipe_warning_for_plain_first_schedules_and_plain_checkpoint_starts(tmp_path: Path) -> None:
     data = BoxDataset(16)
     base = {"epochs": 1, "batch_size": 16, "seed": 0}
-    with pytest.warns(RecipeWarning, match=r"P = 0.*epochs 0\.\.1.*deceiving 0\.0 %.*tune_epochs"):
+    with pytest.warns(RecipeWarning, match=r"P = 0.*epochs 0\.\.1.*deceiving 0\.0 %.*tune_epochs") as record:
         fit(plain_model(0), data, None, TrainConfig(method="selective", P={0: 0.0, 2: 0.7}, **base),
             out_dir=tmp_path / "schedule", progress=False, max_steps=0)  # fmt: skip
+    assert [w.filename for w in record if issubclass(w.category, RecipeWarning)] == [__file__]  # the caller's line
     fit(plain_model(0), data, None, TrainConfig(method="plain", **base), out_dir=tmp_path / "plain", progress=False)
     plain_net, _, _ = load_checkpoint(tmp_path / "plain" / CHECKPOINT_NAME, lambda spec: plain_model(4))
     with pytest.warns(RecipeWarning, match=r"weights of a plain run.*plain.*last\.ckpt.*89\.5 % / 74\.7 %"):
@@ -182,10 +206,10 @@ def test_recipe_warning_for_plain_first_schedules_and_plain_checkpoint_starts(tm
         (plain_model(1), TrainConfig(method="selective", tune_epochs=1, **base)),
     ]
     for i, (model, config) in enumerate(quiet):
-        with warnings.catch_warnings(record=True) as record:
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             fit(model, data, None, config, out_dir=tmp_path / f"quiet{i}", progress=False, max_steps=0)
-        assert _recipe_warnings(record) == [], (i, config)
+        assert _recipe_warnings(caught) == [], (i, config)
 
 
 def test_new_fields_round_trip_and_old_configs_load() -> None:
@@ -335,3 +359,17 @@ def test_cli_rejects_a_p_that_is_not_a_number_or_schedule(capsys: pytest.Capture
         _train_args("--P", "lots")
     assert info.value.code == 2
     assert "--P" in capsys.readouterr().err
+
+
+def test_cli_init_errors_name_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from relprop.cli import main
+
+    small = ["--epochs", "1", "--n-train", "60", "--width", "4", "--quiet", "--threads", "1"]
+    assert main(["train", "--out", str(tmp_path / "a"), *small, "--init", str(tmp_path / "missing")]) == 2
+    assert "--init" in capsys.readouterr().err
+    other = tmp_path / "other"
+    fit(plain_model(0), BoxDataset(16), None, TrainConfig(method="plain", epochs=1, batch_size=16), out_dir=other,
+        progress=False)  # fmt: skip
+    assert main(["train", "--out", str(tmp_path / "b"), *small, "--init", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "do not fit" in err
