@@ -6,6 +6,9 @@ python tests/_isnet_train_worker.py signal OUT_DIR METHOD EPOCHS MARKER_AFTER_IT
 python tests/_isnet_train_worker.py ddp OUT_DIR STEPS
     trains the model without BatchNorm on 2 CPU processes (strategy="ddp", gloo); every rank writes its
     final parameters to OUT_DIR/params_rank{r}.pt
+python tests/_isnet_train_worker.py ddp_tune OUT_DIR
+    C1/C2 tuning (TrainConfig.tune_epochs=1, a hidden layer) of the model without BatchNorm on 2 CPU processes
+    (strategy="ddp", gloo), batch 8 each, then no ISNet step (max_steps=0)
 python tests/_isnet_train_worker.py kill OUT_DIR EPOCHS_DONE
     trains :func:`oscillating` and SIGKILLs itself right after the first checkpoint file written at the end of
     epoch EPOCHS_DONE (1-based), before the next one
@@ -153,6 +156,20 @@ def _ddp_run(out_dir: str, steps: str, strategy: str = "ddp") -> int:
     return 0
 
 
+def ddp_tune_config(batch_size: int = 8) -> object:
+    from relprop.isnet import TrainConfig
+
+    return TrainConfig(method="selective", epochs=1, batch_size=batch_size, seed=4, tune_epochs=1, hidden_layers=("4",))
+
+
+def _ddp_tune_run(out_dir: str) -> int:
+    from relprop.isnet import fit
+
+    fit(plain_model(2), BoxDataset(), None, ddp_tune_config(), out_dir=out_dir, progress=False, accelerator="cpu",
+        devices=2, strategy="ddp", max_steps=0)  # fmt: skip
+    return 0
+
+
 def _kill_run(out_dir: str, epochs_done: str) -> int:
     """Train :func:`oscillating` into OUT_DIR; die by SIGKILL (no handler runs) right after the first checkpoint
     file written once EPOCHS_DONE epochs are done."""
@@ -177,7 +194,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     mode, *args = sys.argv[1:]
-    status = {"signal": _signal_run, "ddp": _ddp_run, "kill": _kill_run}[mode](*args)
+    status = {"signal": _signal_run, "ddp": _ddp_run, "ddp_tune": _ddp_tune_run, "kill": _kill_run}[mode](*args)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # skip the interpreter's slow teardown of torch and Lightning

@@ -172,6 +172,33 @@ def test_a_tuning_run_stopped_inside_its_recorded_epoch_resumes_to_the_same_tota
         assert torch.equal(split[name], whole[name]), name  # nothing lost or counted twice, same order
 
 
+def test_ddp_tuning_records_every_processs_samples_once(tmp_path: Path) -> None:
+    """strategy="ddp" (gloo) on 2 CPU processes with batch 8 each against one process with batch 16: the same
+    global batches, so the same totals (gathered from both processes) and C1/C2."""
+    import subprocess
+
+    from _isnet_train_worker import ddp_tune_config
+
+    worker = Path(__file__).resolve().parent / "_isnet_train_worker.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(worker), "ddp_tune", str(tmp_path / "ddp")], cwd=worker.parent.parent,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    fit(plain_model(2), BoxDataset(), None, ddp_tune_config(16), out_dir=tmp_path / "one", progress=False,
+        max_steps=0)  # fmt: skip
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    for name in ("input", "4"):
+        ddp = torch.load(tmp_path / "ddp" / TUNING_DIR / TOTALS_NAME, weights_only=True)[name]
+        one = torch.load(tmp_path / "one" / TUNING_DIR / TOTALS_NAME, weights_only=True)[name]
+        assert ddp.numel() == one.numel() == len(BoxDataset())
+        assert torch.allclose(ddp.sort().values, one.sort().values, rtol=1e-5), name
+    ddp_record = json.loads((tmp_path / "ddp" / TUNING_NAME).read_text())
+    one_record = json.loads((tmp_path / "one" / TUNING_NAME).read_text())
+    assert ddp_record["C1"] == pytest.approx(one_record["C1"], rel=1e-5)
+    assert ddp_record["layers"]["4"]["C2"] == pytest.approx(one_record["layers"]["4"]["C2"], rel=1e-5)
+
+
 def _recipe_warnings(record: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in record if issubclass(w.category, RecipeWarning)]
 
