@@ -16,7 +16,7 @@ from relprop.errors import RecipeWarning
 from relprop.isnet import ISNetMaps, TrainConfig, fit, load_checkpoint, relevance_totals
 from relprop.isnet.checkpoints import CHECKPOINT_NAME, METRICS_NAME, TUNING_NAME, load_weights
 from relprop.isnet.config import ResumeConflict
-from relprop.isnet.fitting import TOTALS_NAME, TUNING_DIR
+from relprop.isnet.fitting import TOTALS_NAME, TUNING_DIR, check_resume
 from relprop.isnet.loss import HeatmapLossConfig
 from relprop.isnet.step import build_maps
 
@@ -140,6 +140,10 @@ def test_a_resumed_run_does_not_tune_again(tmp_path: Path, monkeypatch: pytest.M
     other = TrainConfig(method="selective", epochs=2, batch_size=16, seed=1, tune_epochs=1, tune_on="foreground")
     with pytest.raises(ResumeConflict, match="tuning.json.*tune_on"):
         fit(plain_model(9), data, None, other, out_dir=tmp_path, progress=False)
+    (tmp_path / CHECKPOINT_NAME).unlink()  # stopped between the tuning and the first ISNet checkpoint
+    with pytest.raises(ResumeConflict, match="tuning.json.*tune_on"):
+        check_resume(tmp_path, plain_model(9), other)
+    assert check_resume(tmp_path, plain_model(9), config) is None
     # a run trained without tuning cannot be resumed with tuning
     untuned = tmp_path / "untuned"
     fit(plain_model(0), data, None, TrainConfig(method="selective", epochs=1, batch_size=16), out_dir=untuned,

@@ -702,15 +702,17 @@ def check_resume(out_dir: str | Path, model: nn.Module, config: TrainConfig, *, 
     refused resume (:class:`~relprop.isnet.config.ResumeConflict`, :class:`~relprop.errors.CheckpointError`,
     :class:`~relprop.errors.UsageError`), so that a caller can refuse before it writes files of its own."""
     path = Path(out_dir) / CHECKPOINT_NAME
-    if not path.exists():
-        return None
     if config.method in VARIANTS and config.tune_epochs > 0:  # the run trains with the tuned C1/C2
         tuning_path = Path(out_dir) / TUNING_NAME
-        record = _read_tuning(tuning_path, config)
+        record = _read_tuning(tuning_path, config)  # a record for another config: refused even before last.ckpt
+        if not path.exists():
+            return None
         if record is None:
             _refuse_untuned_resume(path, tuning_path, config)
         else:
             config = tuned_config(config, record)
+    if not path.exists():
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fit warns when it resumes
         start, _ = _resume_point(path, model, config, validates)
