@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 
 import relprop
 from relprop.composites import isnet_authors
@@ -43,7 +44,8 @@ def _zb_first_layer(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, x: torch.Tensor,
     """Their ZbRuleConvInputRule / ZbRuleConvBNInputRule with l = 0, h = 1 (FuseBN, stabilizer, detach=True): the
     conv bias, the BatchNorm's shift and its statistics detached, the weights and the BatchNorm's scale not."""
     low, high = 0.0, 1.0
-    w, b = conv.weight, conv.bias.detach()
+    w = conv.weight
+    b = conv.bias.detach() if conv.bias is not None else w.new_zeros(w.shape[0])  # (FuseBN: zeros)
     if bn is not None:
         pre = conv(x).detach()
         if bn.training:
@@ -213,6 +215,55 @@ def test_original_equals_lrp_flex_per_class(kind: str, train: bool) -> None:
 
 
 @pytest.mark.parametrize("kind, train", CASES)
+def _lrp_flex_by_module_hooks(model: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """LRP-Flex on any net whose ReLUs are nn.ReLU modules, as the authors wire it: a hook on every ReLU call (the
+    first one's output y0 is where the gradient is taken), z^B on the stem's conv1/bn1 (torchvision ResNet)."""
+    m = copy.deepcopy(model)
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(mod: nn.Module, inputs: object, out: torch.Tensor) -> None:
+        if mod is m.relu and "y0" not in store:
+            store["y0"] = out  # the first ReLU: its own hook never acts (the gradient is taken at its output)
+        elif out.requires_grad:
+            out.register_hook(lambda g, a=out: g * a / (a + EPS) if _LRP["on"] else g)
+
+    for mod in m.modules():
+        if isinstance(mod, nn.ReLU):
+            mod.inplace = False  # (their RemoveInplace)
+            mod.register_forward_hook(hook)
+    with torch.enable_grad():
+        logits = m(x)
+        _LRP["on"] = True
+        try:
+            (g,) = torch.autograd.grad(logits.gather(1, idx[:, None]).sum(), store["y0"])
+        finally:
+            _LRP["on"] = False
+        return _zb_first_layer(m.conv1, m.bn1, x, g * store["y0"]).detach()
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_resnet18_equals_lrp_flex_by_module_hooks(train: bool) -> None:
+    """Residual additions followed by a ReLU (ε there, LRP-0 on both branches), a downsampling branch, max pooling
+    after the first layer, ReLU modules called twice per block."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=5).to(D)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5, generator=g)
+                mod.bias.normal_(0.0, 0.3, generator=g)
+                mod.running_mean.normal_(0.0, 0.5, generator=g)
+                mod.running_var.uniform_(0.5, 2.0, generator=g)
+    model.train(train)
+    x = torch.rand(6, 3, 32, 32, dtype=D, generator=torch.Generator().manual_seed(2))
+    logits, maps = ISNetMaps(model, "stochastic", match="authors")(
+        x, create_graph=False, generator=torch.Generator().manual_seed(1)
+    )
+    idx = stochastic_classes(logits, torch.Generator().manual_seed(1), 5 / 11)
+    _check(maps[:, 0], _lrp_flex_by_module_hooks(model, x, idx))
+
+
 def test_training_gradients_equal_the_reference(kind: str, train: bool) -> None:
     """With create_graph=True the maps are the same, and the gradient of a loss on them with respect to every
     parameter equals the authors' double backpropagation (their ReLU hooks act only inside LRP-Flex's backward)."""
