@@ -56,6 +56,10 @@ def test_quick_isnet_study_writes_report_and_reuses_finished_runs(tmp_path: Path
     stamp = done.stat().st_mtime_ns
     assert main(argv) == 0  # finished runs are reused, not retrained
     assert done.stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(head + ["--methods", "plain", "selective", "stochastic", "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "7 runs, 2 to train" in listing and listing.count(" done") == 5  # stochastic is new
     assert main(head + ["--methods", "nonsense"]) == 2
     assert "unknown method 'nonsense'" in capsys.readouterr().err
     assert main(head + ["--methods", "selective@theirs"]) == 2
@@ -78,11 +82,13 @@ def test_method_names_modes_and_train_configs() -> None:
         study.parse_method("plain@authors")
     with pytest.raises(UsageError, match="no dual variant"):
         study.parse_method("dual@authors")
-    assert study.train_config("stochastic", 0, replace(study.StudySettings(), foreground="l2")).loss.foreground == "l2"
-    assert study.train_config("stochastic", 0, study.StudySettings()).loss.foreground == "hybrid"
+    s0 = replace(study.StudySettings(), tune_epochs=0)
+    assert study.StudySettings().foreground == "l2" and study.StudySettings().tune_epochs == 5  # the authors' recipe
+    assert study.train_config("stochastic", 0, s0).loss.foreground == "l2"
+    assert study.train_config("stochastic", 0, replace(s0, foreground="hybrid")).loss.foreground == "hybrid"
     with pytest.raises(UsageError, match="unknown method 'x'.*unknown mode 'y'"):
         study.check_methods(["x", "dual@y", "dual"])
-    s = study.StudySettings()
+    s = replace(study.StudySettings(), tune_epochs=0)
     c = study.train_config("selective-label", 3, s)
     assert (c.method, c.selective_class, c.seed, c.epochs, c.batch_size, c.lr, c.P) == (
         "selective", "label", 3, s.epochs, s.batch_size, s.lr, s.P)  # fmt: skip
@@ -107,7 +113,7 @@ def test_method_names_modes_and_train_configs() -> None:
 
 
 def test_ablations_change_one_element_and_runs_are_keyed_by_everything() -> None:
-    s = study.StudySettings()
+    s = replace(study.StudySettings(), tune_epochs=0)  # runs without TrainConfig.tune_epochs too
     changed = {}
     for element in study.ABLATIONS:
         m, b, s2 = study.ablated(element, "stochastic", "digits_cnn", s)
@@ -120,7 +126,7 @@ def test_ablations_change_one_element_and_runs_are_keyed_by_everything() -> None
     assert study.ablated("mode", "stochastic@authors", "digits_cnn", s)[0] == "stochastic"
     assert study.ablated("tuning", "x", "digits_cnn", replace(s, tune_epochs=3))[2].tune_epochs == 0
     key = study.run_key("digits_cnn", "selective", 0, s)
-    assert key == study.run_key("digits_cnn", "selective", 0, study.StudySettings())
+    assert key == study.run_key("digits_cnn", "selective", 0, replace(study.StudySettings(), tune_epochs=0))
     others = {study.run_key("digits_cnn", "selective", 1, s), study.run_key("digits_resnet18", "selective", 0, s),
               study.run_key("digits_cnn", "selective-label", 0, s),
               study.run_key("digits_cnn", "selective", 0, replace(s, n_train=100)),

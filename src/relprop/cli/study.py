@@ -132,6 +132,8 @@ def _isnet_options(p: argparse.ArgumentParser, module: Any) -> None:
                    help=f"evaluate the lowest-validation-loss epoch (best, as the authors) or the last (default "
                         f"{d.checkpoint})")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each on the CPU (default 2)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs (finished or not) and a CPU-time estimate, train nothing")
     p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
 
 
@@ -176,6 +178,17 @@ def _run_isnet(args: argparse.Namespace, argv: Sequence[str]) -> int:
     accelerator_of(settings.device)
     if settings.device != "cpu" and args.jobs > 1:
         raise UsageError(f"--device {settings.device} with --jobs {args.jobs}: use --jobs 1 on one GPU")
+    if args.dry_run:
+        runs = isnet.run_study(args.out, methods=methods, seeds=args.seeds, settings=settings, work=args.work,
+                               jobs=args.jobs, cache_dir=args.data_cache, dry_run=True)["plan"]  # fmt: skip
+        todo = [r for r in runs if not r["done"]]
+        for r in runs:
+            state = "done" if r["done"] else f"~{r['estimate_s'] / 60:.0f} min"
+            print(f"{r['backbone']:16s} {r['method']:26s} seed {r['seed']} {r['ablation'] or '':10s} {state}")
+        hours = sum(r["estimate_s"] for r in todo) / 3600
+        print(f"{len(runs)} runs, {len(todo)} to train: about {hours:.1f} CPU-hours, {hours / args.jobs:.1f} h with "
+              f"--jobs {args.jobs} on free cores (estimate from measured seconds per epoch)")
+        return 0
     try:
         isnet.run_study(args.out, methods=methods, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
                         cache_dir=args.data_cache, command=command_line(argv))  # fmt: skip

@@ -113,8 +113,8 @@ class StudySettings:
     momentum: float = 0.9
     clip: float = 1.0
     P: float = 0.7
-    foreground: str = "hybrid"  #: "hybrid" or "l2" (TrainConfig.foreground)
-    tune_epochs: int = 0  #: >0: C1/C2 tuned by a separate plain run of this many epochs (TrainConfig.tune_epochs)
+    foreground: str = "l2"  #: "l2" (the authors' MNIST scripts) or "hybrid" (HeatmapLossConfig.foreground)
+    tune_epochs: int = 5  #: >0: C1/C2 tuned by a separate plain run of this many epochs (TrainConfig.tune_epochs)
     rrr_lambda: float = 10.0
     costly_seeds: tuple[int, ...] | None = (0,)  #: seeds of COSTLY methods on the ResNet18 (None: all seeds)
     ablate: tuple[str, ...] = ("selective-label", "stochastic@authors")  #: methods rerun per ablation
@@ -127,7 +127,7 @@ class StudySettings:
 
 QUICK = StudySettings(
     n_train=200, n_val=100, n_test=100, epochs=1, width=4, resnet_width=2, ablate=("selective",), ablations=("lr",),
-    diagnostics_n=50,
+    diagnostics_n=50, tune_epochs=0,
 )  # fmt: skip
 #: the authors' MNIST recipe (RunISNetFlex.py defaults) at full width; for CUDA
 AUTHORS = StudySettings(
@@ -263,6 +263,17 @@ def _change(element: str, method: str, backbone: str, s: StudySettings) -> str:
     return f"{field} {getattr(s, field)} → {getattr(s2, field)}"
 
 
+#: measured CPU seconds per epoch on 3500 digits, batch 32, one thread (process time on the shared 2-core machine;
+#: 2026-12-02): relprop's mode; the authors' mode costs about 1.3x (selective, stochastic)
+CPU_SECONDS_PER_EPOCH: dict[str, dict[str, float]] = {
+    "digits_cnn": {"plain": 7, "rrr": 20, "selective": 20, "selective-label": 20, "stochastic": 15, "dual": 30,
+                   "original": 109, "grad_input": 12},
+    "digits_resnet18": {"plain": 8, "rrr": 21, "selective": 19, "selective-label": 19, "stochastic": 21, "dual": 44,
+                        "original": 141, "grad_input": 12},
+}  # fmt: skip
+AUTHORS_MODE_FACTOR = 1.3
+
+
 @dataclass(frozen=True)
 class Job:
     """One training run of the study."""
@@ -280,6 +291,20 @@ class Job:
         base = parse_method(self.method)[0]
         per = 4.0 if self.backbone == "digits_resnet18" else 1.0
         return COST.get(base, 1) * per * self.settings.epochs
+
+
+def estimate_seconds(job: Job) -> float:
+    """A rough CPU-seconds estimate of one run at the study's sizes (:data:`CPU_SECONDS_PER_EPOCH` scaled by the
+    training-set size, width², epochs and the tuning run; 30 s of evaluation)."""
+    base, mode = parse_method(job.method)
+    s = job.settings
+    per = CPU_SECONDS_PER_EPOCH[job.backbone][base] * s.n_train / 3500
+    per *= AUTHORS_MODE_FACTOR if mode == "authors" else 1.0
+    width = (s.width / 16) ** 2 if job.backbone == "digits_cnn" else (s.resnet_width / 8) ** 2 * (
+        (2 / s.resnet_stem_stride) ** 2)  # fmt: skip
+    tune = s.tune_epochs * CPU_SECONDS_PER_EPOCH[job.backbone]["plain"] * 2 * s.n_train / 3500 if base not in (
+        "plain", "rrr") else 0.0  # fmt: skip
+    return (per * s.epochs + tune) * width + 30 * s.n_test / 1000
 
 
 def run_key(backbone: str, method: str, seed: int, s: StudySettings) -> str:
@@ -571,10 +596,12 @@ def _figures(out: Path, records: Sequence[Mapping[str, Any]], methods: Mapping[s
 
 def run_study(out: Path, *, methods: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
               seeds: Sequence[int] = (0, 1, 2), settings: StudySettings = StudySettings(), work: Path,
-              jobs: int = 2, cache_dir: str = "", command: str = "relprop study isnet") -> dict[str, Any]:  # fmt: skip
+              jobs: int = 2, cache_dir: str = "", command: str = "relprop study isnet",
+              dry_run: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train and evaluate every run of :func:`plan` (reusing finished runs under ``work``), then write the report.
 
-    ``methods``: per backbone (default :data:`DEFAULT_METHODS`), or one list for every backbone."""
+    ``methods``: per backbone (default :data:`DEFAULT_METHODS`), or one list for every backbone. ``dry_run``:
+    return ``{"plan": [...]}`` (each run, whether it is finished, its CPU-seconds estimate) without training."""
     s = settings
     for b in s.backbones:
         model_spec(b, s)
@@ -599,6 +626,10 @@ def run_study(out: Path, *, methods: Mapping[str, Sequence[str]] | Sequence[str]
     todo = plan(per, seeds, s, work, cache_dir)
     for job in todo:  # fail before any training if the recipe needs what this relprop's TrainConfig lacks
         train_config(job.method, job.seed, job.settings)
+    if dry_run:
+        return {"plan": [{"backbone": j.backbone, "method": j.method, "seed": j.seed, "ablation": j.ablation,
+                          "done": (run_dir(j) / "evaluation.json").is_file(), "estimate_s": estimate_seconds(j)}
+                         for j in todo]}  # fmt: skip
     start = time.perf_counter()
     records = run_jobs(run_one, todo, jobs, "isnet study")
     out.mkdir(parents=True, exist_ok=True)
@@ -739,7 +770,8 @@ def _ablations(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["## Ablations: one recipe element at a time", "",
              "Each row reruns one method with one element of the recipe changed (same seed); *moved* is the change "
              "of the deceiving accuracy, *gap* what remains to the target after the change (points lost beyond "
-             f"{TARGET_POINTS:.0f}).", "",
+             f"{TARGET_POINTS:.0f}). The authors' mode against ours and one backbone against the other: compare "
+             "the rows `M` and `M@authors`, and the two backbones' tables, above.", "",
              "| backbone | method | seed | change | biased % before → after | deceiving % before → after | moved "
              "| gap after | shown before → after |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
