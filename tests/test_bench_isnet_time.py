@@ -110,10 +110,10 @@ def test_summary_puts_large_c_beside_small_c(bench, tmp_path: Path, capsys: pyte
         assert math.isclose(float(ratio), float(hi) / float(lo), rel_tol=0.02, abs_tol=0.01)
         assert float(xp0) > 0 and float(xp1) > 0 and float(xo) > 0
         assert summary[(model, "original")][1] == "-"  # original only at C = 2
-        assert re.search(rf"^TARGET 1 {model} \(min process CPU\) (PASS|FAIL): ", text, re.M)
+        assert re.search(rf"^TARGET 1 {model} \(median process CPU\) (PASS|FAIL): ", text, re.M)
     result = json.loads(out_json.read_text())
     assert [r["model"] for r in result["models"]] == ["cnn", "resnet18"]
     rows = {(r["model"], r["method"]): r for r in result["models"][1]["summary"]}
-    cpu = {(r["classes"], r["method"]): r["cpu_min_ms"] for r in result["models"][1]["rows"]}
+    cpu = {(r["classes"], r["method"]): r["cpu_ms"] for r in result["models"][1]["rows"]}
     want = cpu[(6, "selective")] / cpu[(2, "selective")]
     assert math.isclose(rows[("resnet18", "selective")]["c_max_over_c_min"], want)
