@@ -214,7 +214,6 @@ def test_original_equals_lrp_flex_per_class(kind: str, train: bool) -> None:
         _check(maps[:, k], lrp_flex(m, x, lambda z, k=k: z[:, k].sum()))
 
 
-@pytest.mark.parametrize("kind, train", CASES)
 def _lrp_flex_by_module_hooks(model: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """LRP-Flex on any net whose ReLUs are nn.ReLU modules, as the authors wire it: a hook on every ReLU call (the
     first one's output y0 is where the gradient is taken), z^B on the stem's conv1/bn1 (torchvision ResNet)."""
@@ -264,6 +263,7 @@ def test_resnet18_equals_lrp_flex_by_module_hooks(train: bool) -> None:
     _check(maps[:, 0], _lrp_flex_by_module_hooks(model, x, idx))
 
 
+@pytest.mark.parametrize("kind, train", CASES)
 def test_training_gradients_equal_the_reference(kind: str, train: bool) -> None:
     """With create_graph=True the maps are the same, and the gradient of a loss on them with respect to every
     parameter equals the authors' double backpropagation (their ReLU hooks act only inside LRP-Flex's backward)."""
