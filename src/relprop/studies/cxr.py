@@ -65,6 +65,9 @@ METHODS: dict[str, tuple[str, str]] = {
     "original": ("original", "lowest"),
 }
 DEFAULT_METHODS = tuple(METHODS)
+#: images enter ``artefact_shown`` when the markers raise their predicted logit by more than this (logit units;
+#: a ratio over near-zero effects would be noise)
+MIN_EFFECT = 0.1
 ISNET_METHODS = ("selective", "stochastic", "dual", "original")
 BACKBONES = ("small_resnet", "densenet121")
 #: the methods run on each backbone by default (DenseNet121 costs about 4x per epoch on a CPU)
@@ -349,7 +352,8 @@ def evaluate_model(model: nn.Module, split: Split, *, lung_only: bool, device: s
     """Metrics of ``model`` on ``split`` (masked inputs for ``lung_only``), with LRP heatmaps (ISNet rules) of the
     predicted class: accuracy, macro F1, ROC AUC, the mean background share, and from the generator's ground
     truth :func:`relprop.evaluation.artefact_effect` against the marker-free image (``artefact_shown``: Σ
-    relevance on the markers / Σ their effect on the logit, over images whose logit they raise;
+    relevance on the markers / Σ their effect on the logit, over images whose logit they raise by more
+    than :data:`MIN_EFFECT`;
     ``artefact_effect``: the mean effect; NaN for lung_only, whose input has no markers) and
     :func:`relprop.evaluation.mask_tiling` inside the lungs against the evidence map (``tiling``: 1 = relevance
     spread over the lungs regardless of the evidence, 0 = all on it; ``evidence_share``; opacity images only)."""
@@ -372,7 +376,7 @@ def evaluate_model(model: nn.Module, split: Split, *, lung_only: bool, device: s
         shares.append(background_share(e.relevance, m).detach().cpu())
         if not lung_only:
             a = artefact_effect(model, x, split.clean[sl].to(device), split.artefact[sl].to(device), e.relevance,
-                                target=pred)  # fmt: skip
+                                target=pred, min_effect=MIN_EFFECT)  # fmt: skip
             effects.append(a.effect.cpu())
             shown.append(torch.where(a.affected, a.relevance, torch.nan).cpu())
         t = mask_tiling(e.relevance, m, split.evidence[sl].to(device))
@@ -714,10 +718,13 @@ def _figure(out: Path, records: Sequence[Mapping[str, Any]], work: Path, cache_d
         if len(heatmaps) == 1:
             continue
         cls = split.class_names
-        rows = [f"{cls[labels[i]]} → " + " ".join(f"{k[:4]}:{cls[p[j]][:3]}" for k, p in preds.items())
+        rows = [f"{cls[labels[i]]}\n" + " ".join(f"{k[:3]}:{cls[p[j]][0]}" for k, p in preds.items())
                 for j, i in enumerate(idx)]  # fmt: skip
+        for k in list(heatmaps)[1:]:  # the column titles say which prediction is whose
+            heatmaps[f"{k} ({k[:3]})"] = heatmaps.pop(k)
         name = f"heatmaps_external_{backbone}.png"
-        title = f"{backbone}, external_markers (hospital_c), seed {seed}: LRP of the predicted class"
+        title = (f"{backbone}, external_markers (hospital_c), seed {seed}: LRP of the predicted class\n"
+                 "rows: true class, then each model's prediction (n = normal, o = opacity)")  # fmt: skip
         save_grid(out / name, list(x), heatmaps, row_titles=rows, title=title)
         names.append(name)
     return names
@@ -889,9 +896,9 @@ def _write_report(out: Path, results: Mapping[str, Any], plan: Plan, records: Se
         "From the generator's ground truth (`relprop.data.cxr.render_cxr_layers`). *Marker effect*: mean rise of "
         "the predicted logit from the markers (image minus the same image without markers, logit units). "
         "*Shown*: `relprop.evaluation.artefact_effect`, Σ LRP relevance on the markers' pixels / Σ that rise, "
-        "over the images whose logit the markers raise (1 = the heatmap accounts for the whole effect, 0 = the "
-        "effect is invisible). *Tiling*: `relprop.evaluation.mask_tiling` inside the lungs of opacity images, "
-        "(1 − evidence share) / (1 − evidence area share): 0 = all lung relevance on the opacities, 1 = spread "
+        f"over the images whose logit the markers raise by more than {MIN_EFFECT} (1 = the heatmap accounts for "
+        "the whole effect, 0 = the effect is invisible). *Tiling*: `relprop.evaluation.mask_tiling` inside the "
+        "lungs of opacity images, (1 − evidence share) / (1 − evidence area share): 0 = all lung relevance on the opacities, 1 = spread "
         "over the lungs as if the evidence did not matter. *Evidence share*: fraction of the lung relevance on "
         "the opacities. lung_only sees no markers (–). Mean ± std over seeds (runs with a defined value in "
         "brackets when fewer).",
