@@ -73,8 +73,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping; 0 = off (default 1)")
     p.add_argument("--d", type=float, default=0.9, help="GWRP decay d (default 0.9)")
-    p.add_argument("--C1", type=float, default=1.0, help="foreground lower bound C1 (default 1)")
-    p.add_argument("--C2", type=float, default=25.0, help="foreground upper bound C2 (default 25)")
+    p.add_argument(
+        "--C1", type=float, default=1.0, help="foreground lower bound C1 (default 1; tuned with --tune-epochs)"
+    )
+    p.add_argument(
+        "--C2", type=float, default=25.0, help="foreground upper bound C2 (default 25; tuned with --tune-epochs)"
+    )
     p.add_argument(
         "--foreground", default="hybrid", choices=FOREGROUND_TERMS,
         help="foreground term of the heatmap loss: 'hybrid' (Faster ISNet) or 'l2' (original ISNet, the authors' "
