@@ -894,14 +894,14 @@ def _write_report(out: Path, results: Mapping[str, Any], plan: Plan, records: Se
         "### What the heatmaps show of the markers and of the evidence",
         "",
         "From the generator's ground truth (`relprop.data.cxr.render_cxr_layers`). *Marker effect*: mean rise of "
-        "the predicted logit from the markers (image minus the same image without markers, logit units). "
-        "*Shown*: `relprop.evaluation.artefact_effect`, Σ LRP relevance on the markers' pixels / Σ that rise, "
-        f"over the images whose logit the markers raise by more than {MIN_EFFECT} (1 = the heatmap accounts for "
-        "the whole effect, 0 = the effect is invisible). *Tiling*: `relprop.evaluation.mask_tiling` inside the "
-        "lungs of opacity images, (1 − evidence share) / (1 − evidence area share): 0 = all lung relevance on the opacities, 1 = spread "
-        "over the lungs as if the evidence did not matter. *Evidence share*: fraction of the lung relevance on "
-        "the opacities. lung_only sees no markers (–). Mean ± std over seeds (runs with a defined value in "
-        "brackets when fewer).",
+        "the predicted logit from the markers (image minus the same image without markers, logit units). *Shown*: "
+        "`relprop.evaluation.artefact_effect`, Σ LRP relevance on the markers' pixels / Σ that rise, over the "
+        f"images whose logit the markers raise by more than {MIN_EFFECT} (1 = the heatmap accounts for the whole "
+        "effect, 0 = the effect is invisible). *Tiling*: `relprop.evaluation.mask_tiling` inside the lungs of "
+        "opacity images, (1 − evidence share) / (1 − evidence area share): 0 = all lung relevance on the "
+        "opacities, 1 = spread over the lungs as if the evidence did not matter. *Evidence share*: fraction of the"
+        " lung relevance on the opacities. lung_only sees no markers (–). Mean ± std over seeds (runs with a "
+        "defined value in brackets when fewer).",
         "",
     ]
     for backbone, rows in agg.items():
