@@ -36,6 +36,9 @@ from relprop.cli import main as relprop_cli
 
 RUNS = Path("outputs/tutorials/train_isnet_runs")  # where train_isnet.py writes its folders
 SECTION = re.compile(r'<section id="([\w-]+)">(.*?)</section>', re.DOTALL)
+#: the section pictures docs/howto/read-a-report.md shows: each must be written (the report has that section)
+PICTURES = ("report_summary.png", "report_metrics.png", "report_curves.png", "report_heatmaps.png",
+            "report_documents.png", "report_configs.png")  # fmt: skip
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -74,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
             _fallback_picture(body, target)
         print(f"wrote {target}")
     (args.out / "report_sections.txt").write_text("\n".join(names) + "\n")
+    missing = [name for name in PICTURES if not (args.out / name).is_file()]
+    if missing:
+        raise RuntimeError(f"the report has no section for {', '.join(missing)}; sections: {', '.join(names)}")
     print("sections: " + ", ".join(names) + ("" if browser else " (no browser: section images or text drawn)"))
 
 
