@@ -131,7 +131,8 @@ def _isnet_options(p: argparse.ArgumentParser, module: Any) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default=None,
                    help=f"evaluate the lowest-validation-loss epoch (best, as the authors) or the last (default "
                         f"{d.checkpoint})")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each on the CPU (default 2)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs in parallel, one thread each on the CPU (default 2 on the CPU, 1 on a GPU)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs (finished or not) and a CPU-time estimate, train nothing")
     p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
@@ -167,8 +168,6 @@ def _run_isnet(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise UsageError(f"--lr {changes['lr']}: must be > 0")
     if "P" in changes and not 0 <= changes["P"] <= 1:
         raise UsageError(f"--P {changes['P']}: must lie in [0, 1]")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
     if args.authors and changes.get("source") == "fashion":  # all of Fashion-MNIST unless sizes are given
         changes.setdefault("n_train", 59500)
         changes.setdefault("n_test", 10000)
@@ -176,6 +175,10 @@ def _run_isnet(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..studies.common import accelerator_of
 
     accelerator_of(settings.device)
+    if args.jobs is None:
+        args.jobs = 2 if settings.device == "cpu" else 1
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
     if settings.device != "cpu" and args.jobs > 1:
         raise UsageError(f"--device {settings.device} with --jobs {args.jobs}: use --jobs 1 on one GPU")
     if args.dry_run:
@@ -187,7 +190,8 @@ def _run_isnet(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"{r['backbone']:16s} {r['method']:26s} seed {r['seed']} {r['ablation'] or '':10s} {state}")
         hours = sum(r["estimate_s"] for r in todo) / 3600
         print(f"{len(runs)} runs, {len(todo)} to train: about {hours:.1f} CPU-hours, {hours / args.jobs:.1f} h with "
-              f"--jobs {args.jobs} on free cores (estimate from measured seconds per epoch)")
+              f"--jobs {args.jobs} on free cores (estimate from measured CPU seconds per epoch"
+              + ("; meaningless on a GPU, which is far faster)" if settings.device != "cpu" else ")"))
         return 0
     try:
         isnet.run_study(args.out, methods=methods, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
