@@ -82,6 +82,19 @@ def test_relprop_study_cxr_has_the_study_options(tmp_path: Path, cache: str, cap
     assert not (tmp_path / "w").exists()
 
 
+def test_tuned_c1_c2_come_from_a_separate_plain_run(tmp_path: Path, cache: str) -> None:
+    torch.set_num_threads(1)
+    settings = replace(QUICK, tune_epochs=1, match="authors")
+    run = RunSpec("selective", "small_resnet", 0, settings)
+    record = cxr.run_one(("selective", run, str(tmp_path), cache, "cpu"))
+    tuned = json.loads((run.folder(tmp_path) / "tune.json").read_text())
+    assert 0 < tuned["C1"] <= tuned["C2"] and list(record["c1c2"]) == [tuned["C1"], tuned["C2"]]
+    loss = record["config"]["loss"]
+    assert (loss["C1"], loss["C2"]) == (tuned["C1"], tuned["C2"]) and loss["guard"] is True
+    assert record["config"]["match"] == "authors"
+    assert (run.folder(tmp_path) / "tune" / "last.ckpt").is_file()  # the plain run is kept apart, not resumed
+
+
 def test_splits_hold_out_each_external_hospital_with_its_ground_truth(cache: str) -> None:
     splits = load_splits(QUICK, cache)
     assert set(splits) == {"train", "val", "test_id", "external_markers", "external_acquisition"}

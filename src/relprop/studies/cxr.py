@@ -966,7 +966,10 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
     """Run the study from parsed :func:`add_arguments` options."""
     settings = QUICK if args.quick else StudySettings()
     if args.preset == "authors":
-        settings = replace(settings, **AUTHORS)
+        preset = dict(AUTHORS)
+        if args.quick:  # tiny sizes still
+            preset.update(size=settings.size, tune_epochs=1)
+        settings = replace(settings, **preset)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
     settings = replace(settings, **overrides)
     if settings.epochs < 1 or args.jobs < 1:
