@@ -70,6 +70,10 @@ def test_quick_study_writes_report_and_reuses_finished_runs(tmp_path: Path, cach
     assert len(again["history"]) == 2 and again["history"][0] == first["history"][0]
     assert cxr.main([*longer, "--epochs", "1"]) == 2
     assert "trained for 2 epochs" in capsys.readouterr().err
+    assert again["checkpoint"] == "best"  # the lowest-validation-loss checkpoint by default, as the authors
+    assert cxr.main([*longer, "--epochs", "2", "--checkpoint", "last"]) == 0  # re-evaluated, not retrained
+    last = json.loads((plain / "evaluation.json").read_text())
+    assert last["checkpoint"] == "last" and last["history"] == again["history"]
 
 
 def test_relprop_study_cxr_has_the_study_options(tmp_path: Path, cache: str, capsys) -> None:

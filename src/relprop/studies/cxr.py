@@ -401,9 +401,15 @@ def evaluate_model(model: nn.Module, split: Split, *, lung_only: bool, device: s
     }
 
 
-def run_one(job: tuple[str, RunSpec, str, str, str]) -> dict[str, Any]:
-    """Train (or resume) one run and evaluate it; the record is cached in the run folder's evaluation.json."""
-    _, run, work, cache_dir, device = job
+#: which checkpoint of a run is evaluated: ``best.ckpt`` (lowest validation loss, as the authors) or ``last.ckpt``
+CHECKPOINTS = ("best", "last")
+
+
+def run_one(job: tuple[Any, ...]) -> dict[str, Any]:
+    """Train (or resume) one run and evaluate its ``best`` (default) or ``last`` checkpoint; the record is cached
+    in the run folder's evaluation.json (re-evaluated without training when another checkpoint is asked)."""
+    _, run, work, cache_dir, device = job[:5]
+    checkpoint = job[5] if len(job) > 5 else "best"
     torch.set_num_threads(1)
     from ..isnet import fit
 
@@ -412,7 +418,7 @@ def run_one(job: tuple[str, RunSpec, str, str, str]) -> dict[str, Any]:
     if done.is_file():
         record = dict(json.loads(done.read_text()))
         trained = int(record["settings"]["epochs"])
-        if trained == run.settings.epochs:
+        if trained == run.settings.epochs and record.get("checkpoint", "last") == checkpoint:
             return record
         if trained > run.settings.epochs:
             raise UsageError(
@@ -440,9 +446,13 @@ def run_one(job: tuple[str, RunSpec, str, str, str]) -> dict[str, Any]:
     if len(result.history) > run.settings.epochs:
         raise UsageError(f"{run_dir} holds a run of {len(result.history)} epochs, more than the {run.settings.epochs} "
                          "asked: use more --epochs or another --work folder")  # fmt: skip
+    if checkpoint == "best" and (run_dir / "best.ckpt").is_file():
+        from ..isnet import load_checkpoint
+
+        model = load_checkpoint(run_dir / "best.ckpt", build)[0]
     tests = {t: evaluate_model(model, splits[t], lung_only=lung_only, device=device) for t in SPLITS}
     record = {
-        **base, "config": config.to_dict(), "model_spec": spec, "c1c2": c1c2, "tests": tests,
+        **base, "config": config.to_dict(), "model_spec": spec, "c1c2": c1c2, "tests": tests, "checkpoint": checkpoint,
         "history": result.history, "seconds": seconds, "device": device,
         "seconds_per_epoch": seconds_per_epoch(result.history, seconds),
     }  # fmt: skip
@@ -707,7 +717,8 @@ def _figure(out: Path, records: Sequence[Mapping[str, Any]], work: Path, cache_d
         preds: dict[str, list[int]] = {}
         for r in chosen:
             run = RunSpec(r["method"], backbone, seed, StudySettings(**r["settings"]))
-            ckpt = run.folder(work) / "last.ckpt"
+            ckpt = run.folder(work) / f"{r.get('checkpoint', 'last')}.ckpt"
+            ckpt = ckpt if ckpt.is_file() else run.folder(work) / "last.ckpt"
             if not ckpt.is_file():
                 continue
             model = load_checkpoint(ckpt, build)[0].eval().to(device)
@@ -805,6 +816,7 @@ def run_study(out: Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seq
               command: str = "", seeds_for: Mapping[str, Sequence[int]] | None = None,
               backbones: Mapping[str, Sequence[str]] | None = None, ablations: Sequence[str] = (),
               ablation_method: str = "selective", ablation_seeds: Sequence[int] = (0,), device: str = "cpu",
+              checkpoint: str = "best",
               ) -> dict[str, Any]:  # fmt: skip
     """Train and evaluate every run of the plan (reusing finished runs under ``work``), then write the report.
 
@@ -828,7 +840,9 @@ def run_study(out: Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seq
     start = time.perf_counter()
     load_splits(settings, cache_dir)  # build the benchmark once, before the workers start
     runs = plan.runs()
-    todo = [(r.method, r, str(work), cache_dir, device) for r in runs]
+    if checkpoint not in CHECKPOINTS:
+        raise UsageError(f"checkpoint={checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
+    todo = [(r.method, r, str(work), cache_dir, device, checkpoint) for r in runs]
     seed_rank = {seed: i for i, seed in enumerate(dict.fromkeys(r.seed for r in runs))}
     todo.sort(key=lambda j: (seed_rank[j[1].seed], -cost(j[1])))  # the first seed of everything first
     records = run_jobs(run_one, todo, jobs, "cxr study")
@@ -842,7 +856,7 @@ def run_study(out: Path, *, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seq
             "backbones": {b: list(m) for b, m in plan.backbones.items()}, "seeds": list(seeds),
             "ablations": list(ablations), "ablation_method": ablation_method, "ablation_seeds": list(ablation_seeds),
         },
-        "aggregate": agg, "targets": target_check(agg), "runs": records, "device": device,
+        "aggregate": agg, "targets": target_check(agg), "runs": records, "device": device, "checkpoint": checkpoint,
         "wall_seconds": time.perf_counter() - start, "machine": machine(),
     }  # fmt: skip
     write_json(out / "results.json", results)
@@ -873,7 +887,9 @@ def _write_report(out: Path, results: Mapping[str, Any], plan: Plan, records: Se
         "image + mask folder and read with `MaskedImageFolder`, the loader for real data sets.",
         f"- Models: small_resnet = SmallResNet width {s.width}; densenet121 = torchvision DenseNet121, weights=None, "
         "first convolution with 1 input channel. SGD momentum 0.9, gradient-norm clipping 1, "
-        f"lr {s.lr}, batch {s.batch_size}, {s.epochs} epochs, one thread per run.",
+        f"lr {s.lr}, batch {s.batch_size}, {s.epochs} epochs, one thread per run; each run is evaluated at its "
+        f"{results['checkpoint']} checkpoint"
+        + (" (lowest validation loss)." if results["checkpoint"] == "best" else "."),
         "- Methods: **lung_only** = plain classifier trained and tested on masked inputs (background 0): the "
         f"ceiling; **plain**; **rrr** (λ = {s.rrr_lambda}); ISNet **selective** (log-odds of the true class), "
         f"**stochastic**, **dual**, **original**, with P = {s.P}, d = {s.d}, foreground term '{s.foreground}', "
@@ -958,6 +974,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--foreground", dest="set_foreground", choices=["hybrid", "l2"], help="ISNet foreground term")
     p.add_argument("--match", dest="set_match", choices=["relprop", "authors"], help="LRP/variant details")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
+                   help="evaluate each run's lowest-validation-loss (best, default) or last checkpoint")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default 2)")
     p.add_argument("--data-cache", default="", help=argparse.SUPPRESS)
 
@@ -988,7 +1006,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         run_study(args.out, seeds=args.seeds, settings=settings, work=args.work, jobs=args.jobs,
                   cache_dir=args.data_cache, command=command, seeds_for=seeds_for, backbones=backbones,
                   ablations=ablations, ablation_method=args.ablation_method, ablation_seeds=args.ablation_seeds,
-                  device=args.device)  # fmt: skip
+                  device=args.device, checkpoint=args.checkpoint)  # fmt: skip
     except KeyboardInterrupt:
         raise KeyboardInterrupt("finished runs are kept under --work and reused next time") from None
     return 0
