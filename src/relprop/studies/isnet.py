@@ -117,7 +117,7 @@ class StudySettings:
     tune_epochs: int = 5  #: >0: C1/C2 tuned by a separate plain run of this many epochs (TrainConfig.tune_epochs)
     rrr_lambda: float = 10.0
     costly_seeds: tuple[int, ...] | None = (0,)  #: seeds of COSTLY methods on the ResNet18 (None: all seeds)
-    ablate: tuple[str, ...] = ("selective-label", "stochastic@authors")  #: methods rerun per ablation
+    ablate: tuple[str, ...] = ("selective@authors", "stochastic@authors", "selective-label")  #: rerun per ablation
     ablations: tuple[str, ...] = ("tuning", "P", "epochs", "foreground", "lr")
     ablation_seeds: tuple[int, ...] = (0,)
     diagnostics_n: int = 500  #: deceiving / unbiased images for the artefact-effect and tiling measures
