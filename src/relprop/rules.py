@@ -327,16 +327,69 @@ class ZPlus(_PosNeg):
         if _nonneg(layer, a):
             s = divide_stabilized(R, layer.forward(a, wp, bp), self.stabilizer, +2, temporary=True)
             return _times(layer.transpose(s, wp, a), a)
-        ap, an = a.clamp(min=0), a.clamp(max=0)
-        both = _stacked(layer, ap, an, wp, wn)
-        if both is not None:  # one forward and one transpose of the layer with [W⁺, W⁻] on [a⁺, a⁻]
-            x2, w2, groups = both
-            s = divide_stabilized(R, layer.forward(x2, w2, bp), self.stabilizer, +2, True)
-            gp, gn = _unstack(layer.transpose(s, w2, x2), a, groups)
-            return ap * gp + an * gn
-        # W⁺a⁺ + W⁻a⁻ + b⁺ >= 0 everywhere
-        s = divide_stabilized(R, layer.forward(ap, wp, bp) + layer.forward(an, wn, None), self.stabilizer, +2, True)
-        return ap * layer.transpose(s, wp, a) + an * layer.transpose(s, wn, a)
+        point = _pointwise(layer, a)
+        sz = self._identity_ratio(layer, a, z, R, wp, wn, point) if not layer.output_nonneg else None
+        if sz is None:  # s from W⁺a⁺ + W⁻a⁻ + b⁺ (>= 0 everywhere) computed directly
+            ap, an = a.clamp(min=0), a.clamp(max=0)
+            both = _stacked(layer, ap, an, wp, wn) if point is None else None
+            if both is not None:  # one forward and one transpose of the layer with [W⁺, W⁻] on [a⁺, a⁻]
+                x2, w2, groups = both
+                sz = divide_stabilized(R, layer.forward(x2, w2, bp), self.stabilizer, +2, True)
+                gp, gn = _unstack(layer.transpose(sz, w2, x2), a, groups)
+                return ap * gp + an * gn
+            zp = layer.forward(ap, wp, bp) + layer.forward(an, wn, None)
+            sz = divide_stabilized(R, zp, self.stabilizer, +2, True)
+        # a⁺ ⊙ W⁺ᵀs + a⁻ ⊙ W⁻ᵀs = a ⊙ (W⁺ᵀs where a > 0, else W⁻ᵀs)
+        if point is not None:  # [W⁺, W⁻]ᵀ s as one matrix product
+            n, c, o = a.shape[0], a.shape[1], wp.shape[0]
+            wt = layer.modified("posneg_t", lambda: torch.cat((wp, wn), 1).reshape(o, 2 * c).t().contiguous())
+            g = torch.matmul(wt, sz.reshape(n, o, -1))
+            gp, gn = g[:, :c].view_as(a), g[:, c:].view_as(a)
+        else:
+            gp, gn = layer.transpose(sz, wp, a), layer.transpose(sz, wn, a)
+        return _times(torch.where(a > 0, gp, gn), a)
+
+    def _identity_ratio(
+        self, layer: LinearMap, a: Tensor, z: Tensor, R: Tensor, wp: Tensor, wn: Tensor, point: tuple[int, ...] | None
+    ) -> Tensor | None:  # fmt: skip
+        """s = R / stab(z⁺) from the forward's own z = W a + b: per product w⁺a⁺ + w⁻a⁻ = (|w||a| + wa) / 2, so
+        z⁺ = W⁺a⁺ + W⁻a⁻ + b⁺ = (|W||a| + |b| + z) / 2: one product of the layer (|W| on |a|) instead of two.
+        Exact up to rounding (which is relative to |W||a| + |b|, not to z⁺); >= 0 up to rounding, so the
+        sign=+1 form clamps at 0. None where ``z`` is not W a + b with these weights (BatchNorm kept apart)."""
+        if layer.out_scale is not None:
+            return None
+        grad = torch.is_grad_enabled()
+        b = layer.bias
+        wa, ba = layer.modified("abs", lambda: (wp - wn, None if b is None else b.abs()))
+        if point is not None:  # 1x1 convolution: a batched matrix product that adds z in the same kernel
+            n, c, o = a.shape[0], a.shape[1], wa.shape[0]
+            den = torch.baddbmm(z.reshape(n, o, -1), wa.reshape(1, o, c).expand(n, o, c), a.abs().reshape(n, c, -1))
+            den = den.view_as(z)
+            if ba is not None:
+                bv = ba.view(1, -1, *point)
+                den = den + bv if grad else den.add_(bv)
+        else:
+            den = layer.forward(a.abs(), wa, ba)
+            den = den + z if grad else den.add_(z)
+        den = den * 0.5 if grad else den.mul_(0.5)
+        return divide_stabilized(R, den, self.stabilizer, +1, True)
+
+
+def _pointwise(layer: LinearMap, a: Tensor) -> tuple[int, ...] | None:
+    """For a 1x1 convolution (stride 1, no padding, one group) whose products are plain matrix products over the
+    channels, the trailing singleton shape that views a per-channel vector against the output; else None."""
+    m = layer.module
+    if not isinstance(m, torch.nn.modules.conv._ConvNd) or m.transposed or m.groups != 1 or a.dim() < 3:
+        return None
+    if layer.out_scale is not None:  # (the matrix products below use the weights alone)
+        return None
+    nd = a.dim() - 2
+    ones = (1,) * nd
+    pad = m.padding
+    pad_ok = pad in ("same", "valid") or tuple(pad) == (0,) * nd
+    if tuple(m.kernel_size) != ones or tuple(m.stride) != ones or not pad_ok:
+        return None
+    return ones
 
 
 def _stacked(
