@@ -137,8 +137,9 @@ def test_backward_reaches_every_parameter(preset):
             preset in ("zero", "rlrp", "isnet", "isnet_authors") and name == "fc.bias"
         ):
             # The input gradient of a ReLU net does not depend on its biases (away from the kinks); under
-            # LRP-0 the last layer (all of `zero`, the classifier layer of `isnet` / `isnet_authors`) passes R_i = a_i w_i (z / z)
-            # on, whatever its bias; R-LRP starts from a one-hot vector and its bias takes nothing.
+            # LRP-0 the last layer (all of `zero`, the classifier layer of `isnet` / `isnet_authors`) passes
+            # R_i = a_i w_i (z / z) on, whatever its bias; R-LRP starts from a one-hot vector and its bias takes
+            # nothing.
             assert p.grad is None or bool((p.grad.abs() < 1e-12).all()), name  # zero up to rounding
             continue
         assert p.grad is not None, f"{preset}: no gradient reached {name}"
