@@ -514,6 +514,14 @@ class Gamma(Rule):
             # W_γ⁻a + b_γ⁻ = (2 + γ) z − (W_γ⁺a + b_γ⁺), since z = W⁺a + b⁺ + W⁻a + b⁻: one forward saved
             den_n = den_p.neg_().add_(z, alpha=2 + g) if not torch.is_grad_enabled() else (2 + g) * z - den_p
             sn = divide_stabilized(rn, den_n, eps, -1, True)
+            point = _pointwise(layer, a)
+            if point is not None:  # 1x1 convolution: W_γ⁺ᵀ s⁺ + W_γ⁻ᵀ s⁻ as two matrix products, one accumulating
+                n, c, o = a.shape[0], a.shape[1], wgp.shape[0]
+                wpt, wnt = layer.modified(
+                    f"gamma{g}_t", lambda: (wgp.reshape(o, c).t().contiguous(), wgn.reshape(o, c).t().contiguous())
+                )
+                gp = torch.matmul(wpt, sp.reshape(n, o, -1))
+                return _times(torch.baddbmm(gp, wnt.expand(n, c, o), sn.reshape(n, o, -1)).view_as(a), a)
             return _times(layer.transpose(sp, wgp, a) + layer.transpose(sn, wgn, a), a)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         sp = divide_stabilized(rp, layer.forward(ap, wgp, bgp) + layer.forward(an, wgn, None), eps)
