@@ -7,6 +7,7 @@ runs in a child process (:func:`run_in_child`).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,15 @@ _STUDIES = {
     "cxr": "lung-only ceiling, plain, RRR, ISNet variants on the chest-X-ray-style benchmark, two external tests, "
     "2 backbones, 3 seeds, ablations (about 4 h on 2 cores); resumable",
 }
+
+
+def _plain(doc: str | None) -> str | None:
+    """A module docstring as terminal text: Sphinx roles and double backquotes dropped
+    (``:func:`run_study``` -> run_study, ````relprop study isnet```` -> relprop study isnet)."""
+    if doc is None:
+        return None
+    doc = re.sub(r":(?:class|func|meth|mod|attr|data|exc|obj):`~?([^`]+)`", r"\1", doc)
+    return doc.replace("``", "")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for name, summary in _STUDIES.items():
         module = modules[name]
         p = studies.add_parser(
-            name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+            name, help=summary, description=_plain(module.__doc__),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if name == "cxr":  # the study defines its own options (also: python -m relprop.studies.cxr)
             module.add_arguments(p)
