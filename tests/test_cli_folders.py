@@ -195,3 +195,22 @@ def test_external_sources_of_a_folder_without_sources(tmp_path, folder, capsys) 
     code, _, err = _run(capsys, "train", "--data-dir", folder, "--out", tmp_path / "run", *TRAIN, "--external", "x")
     line = _error(err)
     assert code == 2 and "no sources" in line and "--csv" in line, line
+
+
+def test_evaluate_refuses_runs_on_other_splits_naming_the_flag(trained, folder, tmp_path, capsys) -> None:
+    other = tmp_path / "other"
+    code, _, err = _run(capsys, "train", "--csv", folder / "index.csv", "--external", "hospB", "--val-fraction",
+                        "0.25", "--test-fraction", "0.5", "--out", other, *TRAIN)  # fmt: skip
+    assert code == 0, err
+    code, _, err = _run(capsys, "evaluate", trained, other, "--out", tmp_path / "both", "--quiet")
+    line = _error(err)
+    assert code == 2 and "--test-fraction 0.25 (here 0.5)" in line, line
+
+
+def test_evaluate_refuses_a_digit_run_together_with_a_folder_run(trained, tmp_path, capsys) -> None:
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    (digits / "run.json").write_text(json.dumps({"data": {"source": "mnist"}, "model_spec": {"name": "digits_cnn"}}))
+    code, _, err = _run(capsys, "evaluate", trained, digits, "--out", tmp_path / "both", "--quiet")
+    line = _error(err)
+    assert code == 2 and "digit run" in line and "folder run" in line, line

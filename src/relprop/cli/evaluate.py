@@ -186,6 +186,7 @@ def _run_folders(args: argparse.Namespace, runs: Sequence[Path], out: Path) -> i
     from ..isnet.checkpoints import remove_stale_temporaries
     from ..isnet.evaluation import evaluate, heatmap_figure
     from ._common import folder_splits, warn
+    from .train import _RUN_FLAGS, _differences, _flag_value
 
     models: dict[str, nn.Module] = {}
     data = None
@@ -194,7 +195,13 @@ def _run_folders(args: argparse.Namespace, runs: Sequence[Path], out: Path) -> i
     for run in runs:
         model, meta = load_run(run)
         if data is not None and meta["data"] != data:
-            raise UsageError(f"{run} was trained on other data or splits than {runs[0]}; evaluate them separately")
+            found = _differences({"data": data}, {"data": meta["data"]})
+            shown = "; ".join(
+                f"{_RUN_FLAGS.get(k, k)} {_flag_value(k, a)} (here {_flag_value(k, b)})" for k, a, b in found
+            )
+            raise UsageError(
+                f"{run} was trained on other data or splits than {runs[0]} ({shown}); evaluate them separately"
+            )
         if data is None:
             data = meta["data"]
             _, splits = folder_splits(data)
