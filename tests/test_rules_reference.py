@@ -30,6 +30,9 @@ LAYERS = {
         (4, 5, 6),
     ),
     "conv1d": (lambda bias: nn.Conv1d(2, 3, 3, stride=2, padding=2, bias=bias), (2, 9)),
+    # the fast paths of 1x1 convolutions (matrix products) and of depthwise ones (EfficientNet, MobileNet)
+    "conv1x1": (lambda bias: nn.Conv2d(4, 3, 1, bias=bias), (4, 3, 5)),
+    "conv_depthwise": (lambda bias: nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=bias), (3, 4, 4)),
     "conv_transposed": (
         lambda bias: nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, bias=bias),
         (2, 3, 3),
