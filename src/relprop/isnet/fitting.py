@@ -396,7 +396,7 @@ def fit(
     record = _read_tuning(tuning_path, config) if resume else None
     if record is None and resumes:
         _refuse_untuned_resume(ckpt_path, tuning_path, config)
-    if not resume:  # start over, tuning included
+    if not resume and _rank_zero():  # start over, tuning included
         for path in (ckpt_path, out / BEST_NAME, tuning_path):
             path.unlink(missing_ok=True)
     if record is None:
@@ -518,7 +518,9 @@ def _tune(
         raise CheckpointError(
             f"{folder / CHECKPOINT_NAME} holds no relevance totals of its last epoch; use resume=False to tune again"
         )
-    atomic_torch_save(totals, folder / TOTALS_NAME)
+    zero = _rank_zero()  # every DDP process holds the same gathered totals; the first one writes them
+    if zero:
+        atomic_torch_save(totals, folder / TOTALS_NAME)
     record: dict[str, Any] = {
         "config": config.to_dict(),
         "tune_epochs": config.tune_epochs,
@@ -528,7 +530,8 @@ def _tune(
         "run": TUNING_DIR,
         "totals": f"{TUNING_DIR}/{TOTALS_NAME}",
     }
-    write_json(out / TUNING_NAME, record)
+    if zero:
+        write_json(out / TUNING_NAME, record)
     return record
 
 
@@ -583,15 +586,19 @@ def _fit(
     start, best_state = _resume_point(ckpt_path, model, config, val is not None) if resumed else (_Start(), None)
     # from here on the run is accepted: only now are files of out_dir touched
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out, (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME))
-    if not resume:  # start over: never resume into an older run's checkpoints later
+    # Under strategy="ddp" every process runs this before the Trainer exists: only the first one touches files
+    # (two processes cleaning up and writing the same metrics.json would delete each other's temporaries).
+    zero = _rank_zero()
+    if zero:
+        remove_stale_temporaries(out, (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME))
+    if not resume and zero:  # start over: never resume into an older run's checkpoints later
         ckpt_path.unlink(missing_ok=True)
         best_path.unlink(missing_ok=True)
     if resumed:
         _check_best(ckpt_path, best_path, start, best_state)
     if start.epoch >= config.epochs or 0 <= max_steps <= start.step:
         finished = start.epoch >= config.epochs
-        if not metrics_path.exists() or finished:
+        if zero and (not metrics_path.exists() or finished):
             doc = _metrics_doc(config, model_spec, start.history, finished, start.epoch, start.step, tuning_record)
             write_json(metrics_path, {**doc, "interrupted": None})
         return TrainResult(start.history, ckpt_path, metrics_path, model, finished, start.step)
@@ -672,6 +679,13 @@ def _fit(
     if stop.pending is not None and threading.current_thread() is threading.main_thread():
         signal.raise_signal(stop.pending)  # too late to stop training: deliver it to the previous handler
     return TrainResult(history, ckpt_path, metrics_path, model, epoch >= config.epochs, step)
+
+
+def _rank_zero() -> bool:
+    """Whether this process is the first of its run (Lightning reads the rank from the launcher's environment)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0)) == 0
 
 
 def _metrics_doc(
