@@ -103,11 +103,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
     import torch.nn as nn
 
-    from .._io import atomic_write_json
     from ..data import BiasedDigitsConfig, artefact_masks, biased_digits
     from ..errors import UsageError
-    from ..isnet.checkpoints import remove_stale_temporaries
-    from ..isnet.evaluation import evaluate, heatmap_figure, shortcut_measures
+    from ..isnet.evaluation import evaluate, shortcut_measures
     from ..studies.demo import TEST_SPLITS
     from ._common import out_folder, warn
 
@@ -150,15 +148,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     print(format_results(results))
     print()
     print(format_shortcut(results))
-    remove_stale_temporaries(out, [EVAL_FILE, "heatmaps.png"])  # of killed writes of an earlier evaluate
-    atomic_write_json(out / EVAL_FILE, _json_safe(results), indent=2)
     splits = biased_digits(data_cfg)
-    fig = heatmap_figure(
-        models, splits["test_deceiving"], out / "heatmaps.png", class_names=splits["train"].class_names,
-        title="deceiving test: LRP of the predicted class",
-    )  # fmt: skip
-    print(f"wrote {out / EVAL_FILE} and {fig}")
-    return 0
+    return _write(out, results, models, splits["test_deceiving"], splits["train"].class_names, "deceiving test")
 
 
 def format_splits(results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -181,10 +172,8 @@ def _run_folders(args: argparse.Namespace, runs: Sequence[Path], out: Path) -> i
 
     import torch.nn as nn
 
-    from .._io import atomic_write_json
     from ..errors import UsageError
-    from ..isnet.checkpoints import remove_stale_temporaries
-    from ..isnet.evaluation import evaluate, heatmap_figure
+    from ..isnet.evaluation import evaluate
     from ._common import folder_splits, warn
     from .train import _RUN_FLAGS, _differences, _flag_value
 
@@ -215,11 +204,19 @@ def _run_folders(args: argparse.Namespace, runs: Sequence[Path], out: Path) -> i
             warn(f"{label} ({run}): {w.message}")
         results[label] = {"run": str(run), **scores}
     print(format_splits(results))
-    remove_stale_temporaries(out, [EVAL_FILE, "heatmaps.png"])  # of killed writes of an earlier evaluate
+    return _write(out, results, models, splits["test"], splits["train"].class_names, "in-distribution test")
+
+
+def _write(out: Path, results: Mapping[str, Any], models: Mapping[str, Any], test: Any,
+           class_names: Sequence[str], name: str) -> int:  # fmt: skip
+    """evaluation.json and heatmaps.png of ``test`` (replacing temporaries of killed earlier writes)."""
+    from .._io import atomic_write_json
+    from ..isnet.checkpoints import remove_stale_temporaries
+    from ..isnet.evaluation import heatmap_figure
+
+    remove_stale_temporaries(out, [EVAL_FILE, "heatmaps.png"])
     atomic_write_json(out / EVAL_FILE, _json_safe(results), indent=2)
-    fig = heatmap_figure(
-        models, splits["test"], out / "heatmaps.png", class_names=splits["train"].class_names,
-        title="in-distribution test: LRP of the predicted class",
-    )  # fmt: skip
+    fig = heatmap_figure(models, test, out / "heatmaps.png", class_names=class_names,
+                         title=f"{name}: LRP of the predicted class")  # fmt: skip
     print(f"wrote {out / EVAL_FILE} and {fig}")
     return 0
